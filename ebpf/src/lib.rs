@@ -1,0 +1,1 @@
+//! The socket load-balancing datapath. Not built yet.

@@ -1,0 +1,1 @@
+//! Whole clusters on one Linux machine. Not built yet.
