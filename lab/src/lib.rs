@@ -1,1 +1,9 @@
-//! Whole clusters on one Linux machine. Not built yet.
+//! Whole clusters on one Linux machine: network namespaces, cgroups, pods behind veth pairs,
+//! a routed WAN, supervised processes.
+//!
+//! The building blocks other crates' tests may use on their own:
+//! - [`netns::NetNs`]: a named network namespace, deleted on drop;
+//! - [`cgroup::Cgroup`]: a cgroup v2 directory, emptied and removed on drop.
+
+pub mod cgroup;
+pub mod netns;
