@@ -6,4 +6,9 @@
 //! - [`cgroup::Cgroup`]: a cgroup v2 directory, emptied and removed on drop.
 
 pub mod cgroup;
+pub mod echo;
+pub mod manifests;
 pub mod netns;
+pub mod state;
+pub mod supervisor;
+pub mod topology;
