@@ -1,0 +1,367 @@
+// SPDX-License-Identifier: Apache-2.0
+/* Socket load balancing and mesh-VIP capture. See datapath.h for the maps'
+ * layouts and the Datapath section of DESIGN.md for why this is done at the
+ * socket layer: the destination is rewritten once, at connect()/sendmsg()
+ * time, so there is no per-packet NAT and no conntrack entry. */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "datapath.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Return values of cgroup sock_addr programs. */
+#define SOCK_ALLOW 1
+#define SOCK_REJECT 0 /* the syscall fails with EPERM */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	/* Elements are freed after an RCU grace period, so a program holding a
+	 * pointer to a service value never reads one being rewritten. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct service_key);
+	__type(value, struct service_value);
+} services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1048576);
+	__type(key, struct backend_slot_key);
+	__type(value, struct backend);
+} backend_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+} affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct reverse_nat_key);
+	__type(value, struct service_key);
+} reverse_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 64);
+	__type(key, struct mesh_vip_range_key);
+	__type(value, __u8);
+} mesh_vip_ranges SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32); /* a socket fd when written from userspace */
+} tunnel_listeners SEC(".maps");
+
+/* --- addresses ---------------------------------------------------------- */
+
+static __always_inline void addr_from_ip4(__u8 addr[16], __u32 ip4_be)
+{
+	__builtin_memset(addr, 0, 10);
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(addr + 12, &ip4_be, 4);
+}
+
+static __always_inline int addr_is_ip4(const __u8 addr[16])
+{
+	__u32 words[3];
+	__builtin_memcpy(words, addr, 12);
+	return words[0] == 0 && words[1] == 0 && words[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline __u32 addr_to_ip4(const __u8 addr[16])
+{
+	__u32 ip4_be;
+	__builtin_memcpy(&ip4_be, addr + 12, 4);
+	return ip4_be;
+}
+
+/* The sock_addr context must be read and written one 32-bit word at a time. */
+static __always_inline void addr_from_ctx6(__u8 addr[16], struct bpf_sock_addr *ctx)
+{
+	__u32 words[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
+			   ctx->user_ip6[3] };
+	__builtin_memcpy(addr, words, 16);
+}
+
+static __always_inline void addr_to_ctx6(struct bpf_sock_addr *ctx, const __u8 addr[16])
+{
+	__u32 words[4];
+	__builtin_memcpy(words, addr, 16);
+	ctx->user_ip6[0] = words[0];
+	ctx->user_ip6[1] = words[1];
+	ctx->user_ip6[2] = words[2];
+	ctx->user_ip6[3] = words[3];
+}
+
+/* --- backend selection -------------------------------------------------- */
+
+enum lookup_result {
+	NOT_A_SERVICE, /* leave the socket alone */
+	NO_BACKEND, /* a service with no usable backend: refuse like kube-proxy */
+	BACKEND_FOUND,
+};
+
+static __always_inline enum lookup_result
+pick_from_slots(struct bpf_sock_addr *ctx, const struct service_key *service,
+		struct backend *picked)
+{
+	/* Two tries: userspace may flip the service to its other bank and
+	 * delete the old one between our two lookups; the second lookup then
+	 * sees the new bank. */
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct service_value *value = bpf_map_lookup_elem(&services, service);
+		if (!value)
+			return attempt == 0 ? NOT_A_SERVICE : NO_BACKEND;
+		__u16 count = value->backend_count;
+		if (count == 0)
+			return NO_BACKEND;
+		struct backend_slot_key slot = {
+			.service = *service,
+			.bank = value->bank,
+			.index = bpf_get_prandom_u32() % count,
+		};
+		struct backend *backend = bpf_map_lookup_elem(&backend_slots, &slot);
+		if (backend) {
+			*picked = *backend;
+			return BACKEND_FOUND;
+		}
+	}
+	return NO_BACKEND;
+}
+
+static __always_inline enum lookup_result
+select_backend(struct bpf_sock_addr *ctx, const struct service_key *service,
+	       struct backend *picked)
+{
+	struct service_value *value = bpf_map_lookup_elem(&services, service);
+	if (!value)
+		return NOT_A_SERVICE;
+	__u32 timeout_sec = value->affinity_timeout_sec;
+	if (timeout_sec == 0)
+		return pick_from_slots(ctx, service, picked);
+
+	struct affinity_key key = {
+		.netns_cookie = bpf_get_netns_cookie(ctx),
+		.service = *service,
+	};
+	__u64 now = bpf_ktime_get_ns();
+	struct affinity_value *remembered = bpf_map_lookup_elem(&affinity, &key);
+	if (remembered && now - remembered->last_used_ns <= (__u64)timeout_sec * 1000000000ULL) {
+		/* Userspace deletes entries whose backend left the service. */
+		remembered->last_used_ns = now;
+		*picked = remembered->backend;
+		return BACKEND_FOUND;
+	}
+	enum lookup_result result = pick_from_slots(ctx, service, picked);
+	if (result == BACKEND_FOUND) {
+		struct affinity_value fresh = { .backend = *picked, .last_used_ns = now };
+		bpf_map_update_elem(&affinity, &key, &fresh, BPF_ANY);
+	}
+	return result;
+}
+
+static __always_inline void remember_translation(struct bpf_sock_addr *ctx,
+						 const struct service_key *service,
+						 const struct backend *backend)
+{
+	struct reverse_nat_key key = {
+		.socket_cookie = bpf_get_socket_cookie(ctx),
+		.backend = *backend,
+	};
+	bpf_map_update_elem(&reverse_nat, &key, service, BPF_ANY);
+}
+
+/* --- forward translation: connect and sendmsg ----------------------------- */
+
+static __always_inline int translate4(struct bpf_sock_addr *ctx)
+{
+	__u32 protocol = ctx->protocol;
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+		return SOCK_ALLOW;
+	struct service_key service = {
+		.port_be = (__u16)ctx->user_port,
+		.protocol = (__u8)protocol,
+	};
+	addr_from_ip4(service.addr, ctx->user_ip4);
+
+	struct backend backend = {};
+	switch (select_backend(ctx, &service, &backend)) {
+	case NOT_A_SERVICE:
+		return SOCK_ALLOW;
+	case NO_BACKEND:
+		return SOCK_REJECT;
+	case BACKEND_FOUND:
+		break;
+	}
+	/* An IPv4 socket can only reach an IPv4 backend; userspace never
+	 * writes a mixed-family service, so this is a guard, not a path. */
+	if (!addr_is_ip4(backend.addr))
+		return SOCK_REJECT;
+	ctx->user_ip4 = addr_to_ip4(backend.addr);
+	ctx->user_port = backend.port_be;
+	remember_translation(ctx, &service, &backend);
+	return SOCK_ALLOW;
+}
+
+static __always_inline int translate6(struct bpf_sock_addr *ctx)
+{
+	__u32 protocol = ctx->protocol;
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+		return SOCK_ALLOW;
+	struct service_key service = {
+		.port_be = (__u16)ctx->user_port,
+		.protocol = (__u8)protocol,
+	};
+	addr_from_ctx6(service.addr, ctx);
+
+	struct backend backend = {};
+	switch (select_backend(ctx, &service, &backend)) {
+	case NOT_A_SERVICE:
+		return SOCK_ALLOW;
+	case NO_BACKEND:
+		return SOCK_REJECT;
+	case BACKEND_FOUND:
+		break;
+	}
+	addr_to_ctx6(ctx, backend.addr);
+	ctx->user_port = backend.port_be;
+	remember_translation(ctx, &service, &backend);
+	return SOCK_ALLOW;
+}
+
+SEC("cgroup/connect4")
+int connect4(struct bpf_sock_addr *ctx)
+{
+	return translate4(ctx);
+}
+
+SEC("cgroup/connect6")
+int connect6(struct bpf_sock_addr *ctx)
+{
+	return translate6(ctx);
+}
+
+/* Unconnected UDP: every sendto() to a VIP picks a backend. */
+SEC("cgroup/sendmsg4")
+int sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return translate4(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return translate6(ctx);
+}
+
+/* --- reverse translation: recvmsg and getpeername ------------------------- */
+
+static __always_inline void untranslate4(struct bpf_sock_addr *ctx)
+{
+	struct reverse_nat_key key = {
+		.socket_cookie = bpf_get_socket_cookie(ctx),
+		.backend = { .port_be = (__u16)ctx->user_port },
+	};
+	addr_from_ip4(key.backend.addr, ctx->user_ip4);
+	struct service_key *service = bpf_map_lookup_elem(&reverse_nat, &key);
+	if (!service || !addr_is_ip4(service->addr))
+		return;
+	ctx->user_ip4 = addr_to_ip4(service->addr);
+	ctx->user_port = service->port_be;
+}
+
+static __always_inline void untranslate6(struct bpf_sock_addr *ctx)
+{
+	struct reverse_nat_key key = {
+		.socket_cookie = bpf_get_socket_cookie(ctx),
+		.backend = { .port_be = (__u16)ctx->user_port },
+	};
+	addr_from_ctx6(key.backend.addr, ctx);
+	struct service_key *service = bpf_map_lookup_elem(&reverse_nat, &key);
+	if (!service)
+		return;
+	addr_to_ctx6(ctx, service->addr);
+	ctx->user_port = service->port_be;
+}
+
+/* recvmsg programs must return 1. */
+SEC("cgroup/recvmsg4")
+int recvmsg4(struct bpf_sock_addr *ctx)
+{
+	untranslate4(ctx);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int recvmsg6(struct bpf_sock_addr *ctx)
+{
+	untranslate6(ctx);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int getpeername4(struct bpf_sock_addr *ctx)
+{
+	untranslate4(ctx);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int getpeername6(struct bpf_sock_addr *ctx)
+{
+	untranslate6(ctx);
+	return 1;
+}
+
+/* --- mesh-VIP capture --------------------------------------------------- */
+
+/* A connection to a mesh virtual IP (a backend in another cluster) is handed
+ * to the agent's tunnel listener. The listener accepts it with the mesh VIP
+ * as its local address, which tells the agent which remote backend was meant.
+ * The node routes the mesh ranges locally (`ip route add local <range> dev lo`)
+ * so that these packets reach the socket lookup at all. */
+SEC("sk_lookup")
+int mesh_vip_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+
+	struct mesh_vip_range_key key = {};
+	key.prefixlen = 128;
+	__u32 listener_index;
+	if (ctx->family == AF_INET) {
+		addr_from_ip4(key.addr, ctx->local_ip4);
+		listener_index = TUNNEL_LISTENER_IPV4;
+	} else if (ctx->family == AF_INET6) {
+		__u32 words[4] = { ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2],
+				   ctx->local_ip6[3] };
+		__builtin_memcpy(key.addr, words, 16);
+		listener_index = TUNNEL_LISTENER_IPV6;
+	} else {
+		return SK_PASS;
+	}
+	if (!bpf_map_lookup_elem(&mesh_vip_ranges, &key))
+		return SK_PASS;
+
+	struct bpf_sock *listener = bpf_map_lookup_elem(&tunnel_listeners, &listener_index);
+	if (!listener)
+		return SK_PASS; /* agent not listening (restarting): normal lookup */
+	bpf_sk_assign(ctx, listener, 0);
+	bpf_sk_release(listener);
+	return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "Apache-2.0";

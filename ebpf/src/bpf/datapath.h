@@ -1,0 +1,85 @@
+/* Map key and value layouts shared by the eBPF programs (datapath.bpf.c) and,
+ * through #[repr(C)] mirrors in src/maps.rs, by userspace. A test compiles this
+ * header with the system C compiler and compares every size and offset with the
+ * Rust structs, so change both together.
+ *
+ * Addresses are always 16 bytes: IPv6 as is, IPv4 as an IPv4-mapped IPv6
+ * address (::ffff:a.b.c.d). That keeps one services map for both families and
+ * lets a dual-stack IPv6 socket dialing ::ffff:a.b.c.d hit the IPv4 service.
+ * Ports are in network byte order, as the kernel hands them to the programs.
+ * Every padding byte is an explicit field so keys hash the same on both sides.
+ */
+#ifndef CLUSTERMESH_DATAPATH_H
+#define CLUSTERMESH_DATAPATH_H
+
+#include <linux/types.h>
+
+/* A service frontend: what a client dials. Key of `services`. */
+struct service_key {
+	__u8 addr[16];
+	__u16 port_be;
+	__u8 protocol; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;
+};
+
+/* Value of `services`. The backends live in `backend_slots` under
+ * (service, bank, 0..backend_count). Userspace writes a new backend set into
+ * the bank that is not in use, then flips `bank` and `backend_count` with one
+ * map update, then deletes the old bank: a program never sees a half-written
+ * service, and a removed backend is unreachable from the moment of the flip. */
+struct service_value {
+	__u16 backend_count;
+	__u8 bank; /* 0 or 1 */
+	__u8 flags; /* reserved, 0 */
+	__u32 affinity_timeout_sec; /* 0: no ClientIP session affinity */
+};
+
+/* Key of `backend_slots`. */
+struct backend_slot_key {
+	struct service_key service;
+	__u16 bank;
+	__u16 index;
+};
+
+/* Value of `backend_slots`: where a connection to the service really goes.
+ * For a backend in another cluster this is its mesh virtual IP. */
+struct backend {
+	__u8 addr[16];
+	__u16 port_be;
+	__u16 pad;
+};
+
+/* Key of `affinity` (LRU). ClientIP affinity for socket load balancing is per
+ * client network namespace, i.e. per pod. */
+struct affinity_key {
+	__u64 netns_cookie;
+	struct service_key service;
+	__u32 pad;
+};
+
+struct affinity_value {
+	struct backend backend;
+	__u32 pad;
+	__u64 last_used_ns; /* bpf_ktime_get_ns() */
+};
+
+/* Key of `reverse_nat` (LRU): a socket that was translated, and the backend
+ * it was sent to. The value is the service_key the application dialed, used
+ * by recvmsg and getpeername to show the VIP instead of the backend. */
+struct reverse_nat_key {
+	__u64 socket_cookie;
+	struct backend backend;
+	__u32 pad;
+};
+
+/* Key of `mesh_vip_ranges` (LPM trie); the value is a __u8, always 1. */
+struct mesh_vip_range_key {
+	__u32 prefixlen; /* 96 + IPv4 prefix length for IPv4 ranges */
+	__u8 addr[16];
+};
+
+/* Indexes into `tunnel_listeners` (sockmap). */
+#define TUNNEL_LISTENER_IPV4 0
+#define TUNNEL_LISTENER_IPV6 1
+
+#endif

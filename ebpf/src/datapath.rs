@@ -1,0 +1,700 @@
+//! Loading, attaching and programming the datapath.
+//!
+//! Pin layout under [`DatapathConfig::pin_dir`]:
+//!
+//! ```text
+//! <pin_dir>/maps/{services,backend_slots,affinity,reverse_nat,mesh_vip_ranges,tunnel_listeners}
+//! <pin_dir>/links/{connect4,connect6,sendmsg4,sendmsg6,recvmsg4,recvmsg6,getpeername4,getpeername6}
+//! <pin_dir>/links/mesh_vip_lookup
+//! ```
+//!
+//! Pinned links keep the programs attached after the agent exits or is killed, and pinned maps
+//! keep the services. A restarted agent calls [`Datapath::load`] again: it reuses the pinned
+//! maps, and [`Datapath::attach_cgroup`] / [`Datapath::attach_sk_lookup`] swap the new programs
+//! into the pinned links atomically (`BPF_LINK_UPDATE`), so no connection ever sees a moment
+//! without the load balancer.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    net::SocketAddr,
+    os::{fd::AsFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, LpmTrie, MapData, MapError, MapInfo, SockMap},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, links::FdLink},
+};
+use ipnet::IpNet;
+
+use crate::{
+    DatapathError,
+    maps::{
+        AffinityKey, AffinityValue, Backend, BackendSlotKey, MeshVipRangeAddr, ReverseNatKey,
+        ServiceKey, ServiceValue, TUNNEL_LISTENER_IPV4, TUNNEL_LISTENER_IPV6, names,
+    },
+    service::{Frontend, Service, SessionAffinity},
+    sys::{self, LinkTarget},
+};
+
+/// The compiled programs (see `build.rs`).
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
+
+/// The cgroup programs, by function name in `datapath.bpf.c`; also their link pin names.
+const CGROUP_PROGRAMS: [&str; 8] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+];
+const SK_LOOKUP_PROGRAM: &str = "mesh_vip_lookup";
+
+/// Most backends one service can have (`backend_count` is a `__u16`).
+pub const MAX_BACKENDS_PER_SERVICE: usize = u16::MAX as usize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Where maps and links are pinned; must be on a mounted bpffs.
+    pub pin_dir: PathBuf,
+    /// Destinations handed to the tunnel listener by the sk_lookup program.
+    pub mesh_vip_ranges: Vec<IpNet>,
+}
+
+impl DatapathConfig {
+    pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/clustermesh";
+    pub const DEFAULT_MESH_VIP_RANGE_V4: &str = "100.64.0.0/10";
+    /// A unique local address range ("mesh" in ASCII in the global ID).
+    pub const DEFAULT_MESH_VIP_RANGE_V6: &str = "fd00:6d65:7368::/48";
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            pin_dir: PathBuf::from(Self::DEFAULT_PIN_DIR),
+            mesh_vip_ranges: vec![
+                Self::DEFAULT_MESH_VIP_RANGE_V4.parse().expect("valid CIDR"),
+                Self::DEFAULT_MESH_VIP_RANGE_V6.parse().expect("valid CIDR"),
+            ],
+        }
+    }
+}
+
+/// The loaded datapath: its programs (attached through pinned links) and typed handles on its
+/// pinned maps. Dropping it leaves everything attached and pinned; [`Datapath::remove_pinned`]
+/// takes it all away.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backend_slots: HashMap<MapData, BackendSlotKey, Backend>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    mesh_vip_ranges: LpmTrie<MapData, MeshVipRangeAddr, u8>,
+    tunnel_listeners: SockMap<MapData>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    /// Loads the programs into the kernel, reusing the maps pinned under `config.pin_dir` (or
+    /// creating and pinning them), and programs the mesh VIP ranges. Attaches nothing yet.
+    pub fn load(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        if !sys::has_bpf_privileges() {
+            return Err(DatapathError::NotPermitted {
+                action: "load eBPF programs".into(),
+            });
+        }
+        let pin_dir = config.pin_dir.clone();
+        let bpffs_dir = if pin_dir.exists() {
+            pin_dir.as_path()
+        } else {
+            pin_dir.parent().unwrap_or(Path::new("/"))
+        };
+        if !sys::is_bpffs(bpffs_dir) {
+            return Err(DatapathError::BpfFsNotMounted {
+                dir: bpffs_dir.to_owned(),
+            });
+        }
+        let maps_dir = pin_dir.join("maps");
+        for dir in [&maps_dir, &pin_dir.join("links")] {
+            std::fs::create_dir_all(dir).map_err(|source| DatapathError::Io {
+                action: "creating the pin directory",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        check_pinned_maps(&maps_dir)?;
+
+        let mut loader = EbpfLoader::new();
+        for name in names::ALL {
+            loader.map_pin_path(name, maps_dir.join(name));
+        }
+        let mut ebpf = loader.load(BPF_OBJECT).map_err(|source| match source {
+            aya::EbpfError::MapError(MapError::CreateError { ref io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                DatapathError::NotPermitted {
+                    action: "create eBPF maps".into(),
+                }
+            }
+            source => DatapathError::LoadObject {
+                maps_dir: maps_dir.clone(),
+                source,
+            },
+        })?;
+
+        for name in CGROUP_PROGRAMS {
+            cgroup_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| load_error(name, source))?;
+        }
+        sk_lookup_program(&mut ebpf)?
+            .load()
+            .map_err(|source| load_error(SK_LOOKUP_PROGRAM, source))?;
+
+        let mut datapath = Self {
+            services: take_map(&mut ebpf, names::SERVICES)?,
+            backend_slots: take_map(&mut ebpf, names::BACKEND_SLOTS)?,
+            affinity: take_map(&mut ebpf, names::AFFINITY)?,
+            mesh_vip_ranges: take_map(&mut ebpf, names::MESH_VIP_RANGES)?,
+            tunnel_listeners: take_map(&mut ebpf, names::TUNNEL_LISTENERS)?,
+            ebpf,
+            pin_dir,
+        };
+        datapath.remove_unreachable_slots()?;
+        datapath.set_mesh_vip_ranges(&config.mesh_vip_ranges)?;
+        Ok(datapath)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn link_pin(&self, program: &str) -> PathBuf {
+        self.pin_dir.join("links").join(program)
+    }
+
+    /// Attaches the socket load balancer to a cgroup v2 directory (the node agent: the root of
+    /// the cgroup v2 hierarchy, so every pod is covered), pinning the links. If links are
+    /// already pinned (a restart), the new programs replace the old ones inside them.
+    pub fn attach_cgroup(&mut self, cgroup_dir: &Path) -> Result<(), DatapathError> {
+        if !sys::is_cgroup2(cgroup_dir) {
+            return Err(DatapathError::NotCgroup2 {
+                path: cgroup_dir.to_owned(),
+            });
+        }
+        let cgroup = open(cgroup_dir)?;
+        let expected = LinkTarget::Cgroup {
+            cgroup_id: cgroup_dir_id(&cgroup, cgroup_dir)?,
+        };
+        for name in CGROUP_PROGRAMS {
+            let pin = self.link_pin(name);
+            let program = cgroup_program(&mut self.ebpf, name)?;
+            if pin.exists() {
+                let program_fd = program.fd().map_err(|source| load_error(name, source))?;
+                adopt_link(&pin, program_fd.as_fd(), expected)?;
+                continue;
+            }
+            let attach_error = |source| DatapathError::Attach {
+                program: name,
+                target: cgroup_dir.to_owned(),
+                source,
+            };
+            // A bpf_link on a cgroup always coexists with other programs (kube-proxy-free CNIs
+            // attach their own); the kernel rejects attach flags on links, so pass none.
+            let link_id = program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(attach_error)?;
+            let link = program.take_link(link_id).map_err(attach_error)?;
+            // Only bpf_link attachments (Linux 5.7+) can be pinned; aya falls back to the older
+            // kind on older kernels, which would detach when the agent exits.
+            let link = FdLink::try_from(link).map_err(|error| DatapathError::Link {
+                action: "pin (the kernel is older than 5.7?)",
+                link: pin.clone(),
+                source: std::io::Error::other(error),
+            })?;
+            pin_link(link, &pin)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the mesh-VIP capture to a network namespace, given as a namespace file such as
+    /// `/proc/self/ns/net` or `/run/netns/<name>`. The node must route the mesh VIP ranges
+    /// locally (`ip route add local 100.64.0.0/10 dev lo`) for packets to reach it.
+    pub fn attach_sk_lookup(&mut self, netns: &Path) -> Result<(), DatapathError> {
+        let netns_file = open(netns)?;
+        let inode = metadata(&netns_file, netns)?.ino();
+        let expected = LinkTarget::Netns {
+            inode: inode as u32,
+        };
+        let pin = self.link_pin(SK_LOOKUP_PROGRAM);
+        let program = sk_lookup_program(&mut self.ebpf)?;
+        if pin.exists() {
+            let program_fd = program
+                .fd()
+                .map_err(|source| load_error(SK_LOOKUP_PROGRAM, source))?;
+            return adopt_link(&pin, program_fd.as_fd(), expected);
+        }
+        let attach_error = |source| DatapathError::Attach {
+            program: SK_LOOKUP_PROGRAM,
+            target: netns.to_owned(),
+            source,
+        };
+        let link_id = program.attach(&netns_file).map_err(attach_error)?;
+        let link = program.take_link(link_id).map_err(attach_error)?;
+        pin_link(link.into(), &pin)
+    }
+
+    /// Detaches everything and removes the pin directory: the datapath stops, services are
+    /// forgotten. For uninstalling the agent and for tests; needs no loaded [`Datapath`].
+    pub fn remove_pinned(pin_dir: &Path) -> Result<(), DatapathError> {
+        // Removing a link's last reference (its pin; no process holds it open) detaches it.
+        match std::fs::remove_dir_all(pin_dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DatapathError::Io {
+                action: "removing the pin directory",
+                path: pin_dir.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Programs a service, replacing what was there for the same frontend.
+    ///
+    /// The new backends go into the service's unused bank of slots; one update of the service
+    /// entry then switches the count and bank together; only then are the old slots deleted. A
+    /// connection never sees a half-written backend set, and a backend that was removed gets no
+    /// new connection from the moment this returns.
+    pub fn upsert_service(&mut self, service: &Service) -> Result<(), DatapathError> {
+        validate(service)?;
+        let key = ServiceKey::new(&service.frontend);
+        let old = self.services.get(&key, 0).ok();
+        let bank = match old {
+            Some(old) if old.bank == 0 => 1,
+            _ => 0,
+        };
+        for (index, backend) in service.backends.iter().enumerate() {
+            let slot = BackendSlotKey {
+                service: key,
+                bank: bank.into(),
+                index: index as u16, // validate() bounds the count to u16
+            };
+            self.backend_slots
+                .insert(slot, Backend::new(*backend), 0)
+                .map_err(map_error(names::BACKEND_SLOTS, "writing a backend slot"))?;
+        }
+        let value = ServiceValue {
+            backend_count: service.backends.len() as u16,
+            bank,
+            flags: 0,
+            affinity_timeout_sec: affinity_timeout_sec(service.affinity),
+        };
+        self.services
+            .insert(key, value, 0)
+            .map_err(map_error(names::SERVICES, "publishing a service"))?;
+        if let Some(old) = old {
+            self.remove_slots(key, old)?;
+            if old.affinity_timeout_sec != 0 {
+                let kept: HashSet<Backend> =
+                    service.backends.iter().map(|b| Backend::new(*b)).collect();
+                self.forget_affinity(key, |backend| !kept.contains(backend))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops load balancing a frontend; new connections to it go to the VIP itself again.
+    pub fn delete_service(&mut self, frontend: &Frontend) -> Result<(), DatapathError> {
+        let key = ServiceKey::new(frontend);
+        let Ok(old) = self.services.get(&key, 0) else {
+            return Ok(());
+        };
+        self.services
+            .remove(&key)
+            .map_err(map_error(names::SERVICES, "deleting a service"))?;
+        self.remove_slots(key, old)?;
+        if old.affinity_timeout_sec != 0 {
+            self.forget_affinity(key, |_| true)?;
+        }
+        Ok(())
+    }
+
+    /// The services in the maps, for the agent to reconcile against after a restart.
+    pub fn services(&self) -> Result<Vec<Service>, DatapathError> {
+        let mut services = Vec::new();
+        for entry in self.services.iter() {
+            let (key, value) = entry.map_err(map_error(names::SERVICES, "listing services"))?;
+            let Some(frontend) = key.frontend() else {
+                continue;
+            };
+            let mut backends = Vec::with_capacity(value.backend_count.into());
+            for index in 0..value.backend_count {
+                let slot = BackendSlotKey {
+                    service: key,
+                    bank: value.bank.into(),
+                    index,
+                };
+                let backend = self
+                    .backend_slots
+                    .get(&slot, 0)
+                    .map_err(map_error(names::BACKEND_SLOTS, "reading a backend slot"))?;
+                backends.push(backend.socket_addr());
+            }
+            let affinity = match value.affinity_timeout_sec {
+                0 => SessionAffinity::None,
+                seconds => SessionAffinity::ClientIp {
+                    timeout: Duration::from_secs(seconds.into()),
+                },
+            };
+            services.push(Service {
+                frontend,
+                backends,
+                affinity,
+            });
+        }
+        services.sort_by_key(|service| service.frontend);
+        Ok(services)
+    }
+
+    /// Replaces the ranges whose connections go to the tunnel listener.
+    pub fn set_mesh_vip_ranges(&mut self, ranges: &[IpNet]) -> Result<(), DatapathError> {
+        let wanted: Vec<IpNet> = ranges.iter().map(IpNet::trunc).collect();
+        for range in &wanted {
+            self.mesh_vip_ranges
+                .insert(&MeshVipRangeAddr::key(*range), 1, 0)
+                .map_err(map_error(names::MESH_VIP_RANGES, "adding a mesh VIP range"))?;
+        }
+        let present: Vec<_> = self
+            .mesh_vip_ranges
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(names::MESH_VIP_RANGES, "listing mesh VIP ranges"))?;
+        for key in present {
+            let stale = MeshVipRangeAddr::range(&key).is_none_or(|range| !wanted.contains(&range));
+            if stale {
+                self.mesh_vip_ranges.remove(&key).map_err(map_error(
+                    names::MESH_VIP_RANGES,
+                    "removing a mesh VIP range",
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands connections to mesh VIPs of one address family to `listener`, a listening TCP
+    /// socket in the namespace the sk_lookup program is attached to. The kernel drops it from
+    /// the map when the socket closes; a restarted agent sets its new listener again.
+    pub fn set_tunnel_listener(
+        &mut self,
+        family: AddressFamily,
+        listener: &impl std::os::fd::AsRawFd,
+    ) -> Result<(), DatapathError> {
+        let index = match family {
+            AddressFamily::Ipv4 => TUNNEL_LISTENER_IPV4,
+            AddressFamily::Ipv6 => TUNNEL_LISTENER_IPV6,
+        };
+        self.tunnel_listeners
+            .set(index, listener, 0)
+            .map_err(map_error(
+                names::TUNNEL_LISTENERS,
+                "setting the tunnel listener",
+            ))
+    }
+
+    fn remove_slots(
+        &mut self,
+        service: ServiceKey,
+        value: ServiceValue,
+    ) -> Result<(), DatapathError> {
+        for index in 0..value.backend_count {
+            let slot = BackendSlotKey {
+                service,
+                bank: value.bank.into(),
+                index,
+            };
+            remove_if_present(&mut self.backend_slots, &slot, names::BACKEND_SLOTS)?;
+        }
+        Ok(())
+    }
+
+    fn forget_affinity(
+        &mut self,
+        service: ServiceKey,
+        forget: impl Fn(&Backend) -> bool,
+    ) -> Result<(), DatapathError> {
+        let mut doomed = Vec::new();
+        for entry in self.affinity.iter() {
+            // An LRU entry may be evicted while we iterate; skip what vanished.
+            let Ok((key, value)) = entry else { continue };
+            if key.service == service && forget(&value.backend) {
+                doomed.push(key);
+            }
+        }
+        for key in doomed {
+            remove_if_present(&mut self.affinity, &key, names::AFFINITY)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes backend slots no service points at: left behind when an agent died between
+    /// writing a new bank and publishing it, or between publishing and deleting the old bank.
+    fn remove_unreachable_slots(&mut self) -> Result<(), DatapathError> {
+        let mut unreachable = Vec::new();
+        for slot in self.backend_slots.keys() {
+            let slot = slot.map_err(map_error(names::BACKEND_SLOTS, "listing backend slots"))?;
+            let reachable = self.services.get(&slot.service, 0).is_ok_and(|service| {
+                u16::from(service.bank) == slot.bank && slot.index < service.backend_count
+            });
+            if !reachable {
+                unreachable.push(slot);
+            }
+        }
+        for slot in unreachable {
+            remove_if_present(&mut self.backend_slots, &slot, names::BACKEND_SLOTS)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which tunnel listener [`Datapath::set_tunnel_listener`] sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressFamily {
+    Ipv4,
+    Ipv6,
+}
+
+fn validate(service: &Service) -> Result<(), DatapathError> {
+    let invalid = |reason: String| DatapathError::InvalidService {
+        frontend: service.frontend,
+        reason,
+    };
+    if service.backends.len() > MAX_BACKENDS_PER_SERVICE {
+        return Err(invalid(format!(
+            "{} backends, at most {MAX_BACKENDS_PER_SERVICE} are supported",
+            service.backends.len()
+        )));
+    }
+    let family = |addr: &SocketAddr| addr.is_ipv4();
+    if let Some(backend) = service
+        .backends
+        .iter()
+        .find(|backend| family(backend) != family(&service.frontend.addr))
+    {
+        return Err(invalid(format!(
+            "backend {backend} is not of the frontend's address family"
+        )));
+    }
+    if let SessionAffinity::ClientIp { timeout } = service.affinity
+        && (timeout.as_secs() == 0 || timeout.as_secs() > u64::from(u32::MAX))
+    {
+        return Err(invalid(format!(
+            "a ClientIP affinity timeout of {timeout:?} is outside 1s..={}s",
+            u32::MAX
+        )));
+    }
+    Ok(())
+}
+
+fn affinity_timeout_sec(affinity: SessionAffinity) -> u32 {
+    match affinity {
+        SessionAffinity::None => 0,
+        // validate() bounds it to 1..=u32::MAX.
+        SessionAffinity::ClientIp { timeout } => timeout.as_secs() as u32,
+    }
+}
+
+/// Refuses to reuse pinned maps whose layout differs from this build's: the programs would read
+/// garbage. The kernel checks nothing when a pinned map is reused.
+fn check_pinned_maps(maps_dir: &Path) -> Result<(), DatapathError> {
+    use std::mem::size_of;
+    let expected: [(&str, usize, usize); 6] = [
+        (
+            names::SERVICES,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceValue>(),
+        ),
+        (
+            names::BACKEND_SLOTS,
+            size_of::<BackendSlotKey>(),
+            size_of::<Backend>(),
+        ),
+        (
+            names::AFFINITY,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+        ),
+        (
+            names::REVERSE_NAT,
+            size_of::<ReverseNatKey>(),
+            size_of::<ServiceKey>(),
+        ),
+        (
+            names::MESH_VIP_RANGES,
+            4 + size_of::<MeshVipRangeAddr>(),
+            size_of::<u8>(),
+        ),
+        (names::TUNNEL_LISTENERS, size_of::<u32>(), size_of::<u32>()),
+    ];
+    for (name, key_size, value_size) in expected {
+        let path = maps_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::Map {
+            map: name,
+            action: "inspecting the pinned map",
+            source,
+        })?;
+        let found = (info.key_size() as usize, info.value_size() as usize);
+        if found != (key_size, value_size) {
+            return Err(DatapathError::IncompatiblePinnedMap {
+                path,
+                found: format!("key {} bytes, value {} bytes", found.0, found.1),
+                expected: format!("key {key_size} bytes, value {value_size} bytes"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Makes a pinned link run `program` from now on, after checking it is attached where we expect.
+fn adopt_link(
+    pin: &Path,
+    program: std::os::fd::BorrowedFd<'_>,
+    expected: LinkTarget,
+) -> Result<(), DatapathError> {
+    let link_error = |action| {
+        move |source| DatapathError::Link {
+            action,
+            link: pin.to_owned(),
+            source,
+        }
+    };
+    let link = sys::obj_get(pin).map_err(link_error("open"))?;
+    let found = sys::link_target(link.as_fd()).map_err(link_error("inspect"))?;
+    if found != expected {
+        return Err(DatapathError::PinnedLinkElsewhere {
+            link: pin.to_owned(),
+            expected: expected.to_string(),
+            found: found.to_string(),
+        });
+    }
+    sys::link_update(link.as_fd(), program).map_err(link_error("update"))
+}
+
+fn pin_link(link: FdLink, pin: &Path) -> Result<(), DatapathError> {
+    // The returned PinnedLink only closes our descriptor when dropped; the pin keeps it attached.
+    link.pin(pin)
+        .map(drop)
+        .map_err(|error| DatapathError::Link {
+            action: "pin",
+            link: pin.to_owned(),
+            source: std::io::Error::other(error),
+        })
+}
+
+fn cgroup_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(ProgramError::NotLoaded)
+        .and_then(|program| program.try_into())
+        .map_err(|source| load_error(name, source))
+}
+
+fn sk_lookup_program(ebpf: &mut Ebpf) -> Result<&mut SkLookup, DatapathError> {
+    ebpf.program_mut(SK_LOOKUP_PROGRAM)
+        .ok_or(ProgramError::NotLoaded)
+        .and_then(|program| program.try_into())
+        .map_err(|source| load_error(SK_LOOKUP_PROGRAM, source))
+}
+
+fn load_error(program: &'static str, source: ProgramError) -> DatapathError {
+    if let ProgramError::LoadError { io_error, .. } = &source
+        && io_error.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return DatapathError::NotPermitted {
+            action: format!("load the eBPF program `{program}`"),
+        };
+    }
+    DatapathError::KernelLacksFeature {
+        program,
+        kernel: sys::kernel_release(),
+        source,
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::Map {
+        map: name,
+        action: "finding the map in the eBPF object",
+        source: MapError::InvalidName { name: name.into() },
+    })?;
+    T::try_from(map).map_err(map_error(name, "opening the map"))
+}
+
+fn map_error(map: &'static str, action: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map {
+        map,
+        action,
+        source,
+    }
+}
+
+fn remove_if_present<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        Err(MapError::SyscallError(error))
+            if error.io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(DatapathError::Map {
+            map: name,
+            action: "deleting an entry",
+            source,
+        }),
+    }
+}
+
+fn open(path: &Path) -> Result<File, DatapathError> {
+    File::open(path).map_err(|source| DatapathError::Io {
+        action: "opening",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn metadata(file: &File, path: &Path) -> Result<std::fs::Metadata, DatapathError> {
+    file.metadata().map_err(|source| DatapathError::Io {
+        action: "reading the metadata of",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// On cgroup v2 a cgroup's id is the inode number of its directory.
+fn cgroup_dir_id(cgroup: &File, path: &Path) -> Result<u64, DatapathError> {
+    Ok(metadata(cgroup, path)?.ino())
+}
