@@ -1,1 +1,23 @@
-//! placeholder
+//! The etcd layer that the apiserver and the node agents share.
+//!
+//! - `connect`: mTLS (or plain, for local tests) with errors that name the broken piece.
+//! - `session`: a lease kept alive in the background and replaced if lost.
+//! - `sync_writer`: keeps a prefix equal to a desired set, batched and pipelined, and writes the
+//!   synced marker after the first full sync; deletes stale keys only after that.
+//! - `watch_reader`: list + watch with kube-runtime-style events, re-listing after compaction or
+//!   reconnect and emitting only the difference.
+//! - `heartbeat`: the periodic liveness key of a cluster.
+
+pub mod connect;
+pub mod heartbeat;
+mod retry;
+pub mod session;
+pub mod sync_writer;
+pub mod watch_reader;
+
+pub use connect::{ConnectError, EtcdConfig, TlsPaths, connect};
+pub use etcd_client::Client;
+pub use heartbeat::{Heartbeat, HeartbeatWriter, read_heartbeat, unix_millis_now};
+pub use session::{LeaseId, Session, SessionError};
+pub use sync_writer::{SyncWriter, SyncWriterConfig, WriterError, WriterStatus};
+pub use watch_reader::{Entry, ReaderStatus, WatchEvent, WatchReader};

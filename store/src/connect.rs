@@ -1,0 +1,283 @@
+//! Connecting to etcd: plain for local tests, mTLS for everything else, with errors that say
+//! which file or which endpoint is the problem.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use serde::{Deserialize, Serialize};
+use x509_parser::pem::Pem;
+
+/// Where an etcd is and how to prove who we are to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `https://10.0.0.5:2379`. `http://` only for local tests.
+    pub endpoints: Vec<String>,
+    /// CA bundle, client certificate and key; required for `https://` endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsPaths>,
+    /// How long to wait for the first answer before giving up.
+    #[serde(default = "default_connect_timeout", with = "secs")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl EtcdConfig {
+    pub fn plain(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoints: vec![endpoint.into()],
+            tls: None,
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+
+    pub fn mtls(endpoint: impl Into<String>, tls: TlsPaths) -> Self {
+        Self {
+            tls: Some(tls),
+            ..Self::plain(endpoint)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no etcd endpoints configured")]
+    NoEndpoints,
+    #[error(
+        "endpoint {endpoint} uses https but no CA, certificate and key are configured; give them, or use http:// only for a local test etcd"
+    )]
+    TlsRequired { endpoint: String },
+    #[error("cannot read the {what} at {path}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the {what} at {path} is not a PEM certificate: {reason}")]
+    BadCertificate {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "the client certificate at {path} expired on {not_after}; issue a new one (clustermesh enable renews them)"
+    )]
+    ClientCertExpired { path: PathBuf, not_after: String },
+    #[error(
+        "the client certificate at {path} is not valid before {not_before}; is this machine's clock right?"
+    )]
+    ClientCertNotYetValid { path: PathBuf, not_before: String },
+    #[error(
+        "the CA in {ca} does not sign the etcd server certificate at {endpoints}: is this the right CA bundle for that cluster? ({detail})"
+    )]
+    UntrustedServer {
+        ca: PathBuf,
+        endpoints: String,
+        detail: String,
+    },
+    #[error(
+        "etcd at {endpoints} rejected the client certificate {cert} (or closed the connection right after the TLS handshake, which is how it refuses one): is it issued by the CA that etcd trusts? ({detail})"
+    )]
+    ClientCertRejected {
+        cert: PathBuf,
+        endpoints: String,
+        detail: String,
+    },
+    #[error(
+        "the etcd server certificate at {endpoints} is expired or not yet valid: renew it, or check this machine's clock ({detail})"
+    )]
+    ServerCertExpired { endpoints: String, detail: String },
+    #[error(
+        "etcd at {endpoints} is not reachable: is it running and is the address right? ({detail})"
+    )]
+    Unreachable { endpoints: String, detail: String },
+    #[error("etcd at {endpoints} did not answer within {timeout:?}: is it running and reachable?")]
+    Timeout {
+        endpoints: String,
+        timeout: Duration,
+    },
+    #[error("etcd at {endpoints}: {detail}")]
+    Other { endpoints: String, detail: String },
+}
+
+/// Connects and makes one round trip, so that a wrong CA, a rejected certificate or a dead
+/// endpoint is reported here, with its cause, rather than on the first real request.
+pub async fn connect(config: &EtcdConfig) -> Result<Client, ConnectError> {
+    if config.endpoints.is_empty() {
+        return Err(ConnectError::NoEndpoints);
+    }
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.connect_timeout)
+        // Detects a silently dead connection (a peer behind a dropped route) within ~15 s.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true);
+    match &config.tls {
+        Some(tls) => options = options.with_tls(tls_options(tls)?),
+        None => {
+            if let Some(endpoint) = config.endpoints.iter().find(|e| e.starts_with("https://")) {
+                return Err(ConnectError::TlsRequired {
+                    endpoint: endpoint.clone(),
+                });
+            }
+        }
+    }
+    let endpoints = config.endpoints.join(",");
+    let mut client = Client::connect(&config.endpoints, Some(options))
+        .await
+        .map_err(|e| classify(config, &endpoints, &e))?;
+    match tokio::time::timeout(config.connect_timeout, client.status()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(e)) => Err(classify(config, &endpoints, &e)),
+        Err(_) => Err(ConnectError::Timeout {
+            endpoints,
+            timeout: config.connect_timeout,
+        }),
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
+    std::fs::read(path).map_err(|source| ConnectError::ReadFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn tls_options(tls: &TlsPaths) -> Result<TlsOptions, ConnectError> {
+    let ca = read("CA bundle", &tls.ca)?;
+    check_pem_certificate("CA bundle", &tls.ca, &ca)?;
+    let cert = read("client certificate", &tls.cert)?;
+    check_client_certificate(&tls.cert, &cert)?;
+    let key = read("client key", &tls.key)?;
+    Ok(TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key)))
+}
+
+fn check_pem_certificate(what: &'static str, path: &Path, pem: &[u8]) -> Result<(), ConnectError> {
+    let bad = |reason: String| ConnectError::BadCertificate {
+        what,
+        path: path.to_owned(),
+        reason,
+    };
+    let mut found = false;
+    for block in Pem::iter_from_buffer(pem) {
+        let block = block.map_err(|e| bad(e.to_string()))?;
+        block.parse_x509().map_err(|e| bad(e.to_string()))?;
+        found = true;
+    }
+    if !found {
+        return Err(bad("no certificate found".to_owned()));
+    }
+    Ok(())
+}
+
+/// Catches the most common operator mistake, an expired client certificate, before etcd does:
+/// etcd would only answer with a generic handshake failure.
+fn check_client_certificate(path: &Path, pem: &[u8]) -> Result<(), ConnectError> {
+    check_pem_certificate("client certificate", path, pem)?;
+    let Some(Ok(first)) = Pem::iter_from_buffer(pem).next() else {
+        return Ok(());
+    };
+    let Ok(cert) = first.parse_x509() else {
+        return Ok(());
+    };
+    let validity = cert.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if now > validity.not_after {
+        return Err(ConnectError::ClientCertExpired {
+            path: path.to_owned(),
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    if now < validity.not_before {
+        return Err(ConnectError::ClientCertNotYetValid {
+            path: path.to_owned(),
+            not_before: validity.not_before.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Turns a transport error into the operator's problem, by looking at its whole cause chain
+/// (tonic wraps the rustls error a few levels deep).
+fn classify(config: &EtcdConfig, endpoints: &str, err: &etcd_client::Error) -> ConnectError {
+    let detail = error_chain(err);
+    let endpoints = endpoints.to_owned();
+    let has = |needle: &str| detail.contains(needle);
+    let untrusted_server = has("UnknownIssuer") || has("BadSignature");
+    // With TLS 1.3 the client finishes its handshake before the server checks the client
+    // certificate, so a refusal shows up either as the server's alert or, if the request was
+    // already in flight, as a connection closed right after the handshake.
+    let client_rejected = has("BadCertificate")
+        || has("CertificateRequired")
+        || has("UnknownCA")
+        || has("connection closed")
+        || has("Canceled");
+    match &config.tls {
+        Some(tls) if untrusted_server => {
+            return ConnectError::UntrustedServer {
+                ca: tls.ca.clone(),
+                endpoints,
+                detail,
+            };
+        }
+        Some(_) if has("Expired") || has("NotValidYet") => {
+            return ConnectError::ServerCertExpired { endpoints, detail };
+        }
+        Some(tls) if client_rejected => {
+            return ConnectError::ClientCertRejected {
+                cert: tls.cert.clone(),
+                endpoints,
+                detail,
+            };
+        }
+        _ => {}
+    }
+    if has("Connection refused") || has("tcp connect error") || has("dns error") {
+        return ConnectError::Unreachable { endpoints, detail };
+    }
+    ConnectError::Other { endpoints, detail }
+}
+
+/// The error and its causes in one line. etcd-client's message already carries tonic's debug
+/// form, which names the rustls variant (UnknownIssuer, Expired, ...); causes not yet in the
+/// text are appended.
+fn error_chain(err: &etcd_client::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        let cause = e.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = e.source();
+    }
+    text
+}

@@ -1,0 +1,131 @@
+//! Connecting with mTLS, and the errors an operator sees when something is wrong.
+
+use std::time::Duration;
+
+use clustermesh_store::{ConnectError, EtcdConfig, TlsPaths, connect};
+use clustermesh_testkit::{EtcdServer, TestCa};
+
+async fn connect_err(config: &EtcdConfig) -> ConnectError {
+    match connect(config).await {
+        Ok(_) => panic!("connecting with {config:?} should have failed"),
+        Err(e) => {
+            eprintln!("error shown to the operator: {e}");
+            e
+        }
+    }
+}
+
+fn paths(files: &clustermesh_testkit::TlsFiles) -> TlsPaths {
+    TlsPaths {
+        ca: files.ca.clone(),
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_works_with_the_right_ca_and_client_certificate() {
+    let etcd = EtcdServer::start_tls();
+    let tls = etcd.tls().unwrap();
+    let mut client = connect(&EtcdConfig::mtls(etcd.endpoint(), paths(&tls.client)))
+        .await
+        .expect("mTLS connect");
+    client.put("k", "v", None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_is_named_in_the_error() {
+    let etcd = EtcdServer::start_tls();
+    let tls = etcd.tls().unwrap();
+    let other = TestCa::new("other", etcd.dir());
+    let mut wrong = paths(&tls.client);
+    wrong.ca = other.ca_path().to_owned();
+
+    let err = connect_err(&EtcdConfig::mtls(etcd.endpoint(), wrong.clone())).await;
+    assert!(
+        matches!(err, ConnectError::UntrustedServer { ref ca, .. } if *ca == wrong.ca),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("does not sign the etcd server certificate")
+            && text.contains(&wrong.ca.display().to_string()),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_is_rejected_by_etcd() {
+    let etcd = EtcdServer::start_tls();
+    let tls = etcd.tls().unwrap();
+    let other = TestCa::new("other", etcd.dir());
+    let stranger = other.client("stranger", "root");
+    let config = EtcdConfig::mtls(
+        etcd.endpoint(),
+        TlsPaths {
+            ca: tls.client.ca.clone(),
+            ..paths(&stranger)
+        },
+    );
+    let err = connect_err(&config).await;
+    assert!(
+        matches!(err, ConnectError::ClientCertRejected { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_client_certificate_is_caught_before_dialing() {
+    let etcd = EtcdServer::start_tls();
+    let tls = etcd.tls().unwrap();
+    let expired = tls.ca.expired_client("expired", "root");
+    let err = connect_err(&EtcdConfig::mtls(etcd.endpoint(), paths(&expired))).await;
+    assert!(
+        matches!(err, ConnectError::ClientCertExpired { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("expired on"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_says_so() {
+    // Start and stop an etcd, so the port is known to be closed.
+    let endpoint = {
+        let etcd = EtcdServer::start();
+        etcd.endpoint()
+    };
+    let mut config = EtcdConfig::plain(endpoint.clone());
+    config.connect_timeout = Duration::from_secs(2);
+    let err = connect_err(&config).await;
+    assert!(
+        matches!(
+            err,
+            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&endpoint), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_without_certificates_and_missing_files_are_config_errors() {
+    let err = connect_err(&EtcdConfig::plain("https://127.0.0.1:1")).await;
+    assert!(matches!(err, ConnectError::TlsRequired { .. }), "{err}");
+
+    let missing = TlsPaths {
+        ca: "/nonexistent/ca.pem".into(),
+        cert: "/nonexistent/cert.pem".into(),
+        key: "/nonexistent/key.pem".into(),
+    };
+    let err = connect_err(&EtcdConfig::mtls("https://127.0.0.1:1", missing)).await;
+    assert!(
+        matches!(
+            err,
+            ConnectError::ReadFile {
+                what: "CA bundle",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
