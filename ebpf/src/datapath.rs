@@ -151,7 +151,7 @@ impl Datapath {
             }
             source => DatapathError::LoadObject {
                 maps_dir: maps_dir.clone(),
-                source,
+                source: Box::new(source),
             },
         })?;
 
@@ -210,7 +210,7 @@ impl Datapath {
             let attach_error = |source| DatapathError::Attach {
                 program: name,
                 target: cgroup_dir.to_owned(),
-                source,
+                source: Box::new(source),
             };
             // A bpf_link on a cgroup always coexists with other programs (kube-proxy-free CNIs
             // attach their own); the kernel rejects attach flags on links, so pass none.
@@ -250,7 +250,7 @@ impl Datapath {
         let attach_error = |source| DatapathError::Attach {
             program: SK_LOOKUP_PROGRAM,
             target: netns.to_owned(),
-            source,
+            source: Box::new(source),
         };
         let link_id = program.attach(&netns_file).map_err(attach_error)?;
         let link = program.take_link(link_id).map_err(attach_error)?;
@@ -556,7 +556,7 @@ fn check_pinned_maps(maps_dir: &Path) -> Result<(), DatapathError> {
         let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::Map {
             map: name,
             action: "inspecting the pinned map",
-            source,
+            source: Box::new(source),
         })?;
         let found = (info.key_size() as usize, info.value_size() as usize);
         if found != (key_size, value_size) {
@@ -634,7 +634,7 @@ fn load_error(program: &'static str, source: ProgramError) -> DatapathError {
     DatapathError::KernelLacksFeature {
         program,
         kernel: sys::kernel_release(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -645,7 +645,7 @@ where
     let map = ebpf.take_map(name).ok_or(DatapathError::Map {
         map: name,
         action: "finding the map in the eBPF object",
-        source: MapError::InvalidName { name: name.into() },
+        source: Box::new(MapError::InvalidName { name: name.into() }),
     })?;
     T::try_from(map).map_err(map_error(name, "opening the map"))
 }
@@ -654,7 +654,7 @@ fn map_error(map: &'static str, action: &'static str) -> impl Fn(MapError) -> Da
     move |source| DatapathError::Map {
         map,
         action,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -673,7 +673,7 @@ fn remove_if_present<K: aya::Pod, V: aya::Pod>(
         Err(source) => Err(DatapathError::Map {
             map: name,
             action: "deleting an entry",
-            source,
+            source: Box::new(source),
         }),
     }
 }
@@ -697,4 +697,58 @@ fn metadata(file: &File, path: &Path) -> Result<std::fs::Metadata, DatapathError
 /// On cgroup v2 a cgroup's id is the inode number of its directory.
 fn cgroup_dir_id(cgroup: &File, path: &Path) -> Result<u64, DatapathError> {
     Ok(metadata(cgroup, path)?.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::Protocol;
+
+    fn tcp_service(vip: &str, backends: &[&str]) -> Service {
+        Service {
+            frontend: Frontend {
+                addr: vip.parse().unwrap(),
+                protocol: Protocol::Tcp,
+            },
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            affinity: SessionAffinity::None,
+        }
+    }
+
+    #[test]
+    fn a_service_needs_backends_of_its_own_family() {
+        assert!(
+            validate(&tcp_service(
+                "10.96.0.1:80",
+                &["10.0.0.1:8080", "100.64.0.9:8080"]
+            ))
+            .is_ok()
+        );
+        assert!(validate(&tcp_service("[fd00::1]:80", &["[fd00::2]:8080"])).is_ok());
+        assert!(validate(&tcp_service("10.96.0.1:80", &[])).is_ok());
+        let mixed = validate(&tcp_service(
+            "10.96.0.1:80",
+            &["10.0.0.1:8080", "[fd00::2]:8080"],
+        ));
+        assert!(matches!(mixed, Err(DatapathError::InvalidService { .. })));
+    }
+
+    #[test]
+    fn affinity_timeouts_are_whole_seconds_the_map_can_hold() {
+        let mut service = tcp_service("10.96.0.1:80", &["10.0.0.1:8080"]);
+        for (timeout, ok) in [
+            (Duration::from_secs(10_800), true),
+            (Duration::from_millis(500), false),
+            (Duration::from_secs(u64::from(u32::MAX) + 1), false),
+        ] {
+            service.affinity = SessionAffinity::ClientIp { timeout };
+            assert_eq!(validate(&service).is_ok(), ok, "{timeout:?}");
+        }
+        assert_eq!(
+            affinity_timeout_sec(SessionAffinity::ClientIp {
+                timeout: Duration::from_secs(10_800)
+            }),
+            10_800
+        );
+    }
 }

@@ -1,4 +1,5 @@
 //! The one error type of this crate. Messages say what the operator can do about it.
+//! aya's errors are boxed: they are large, and errors should not make every `Result` large.
 
 use std::{io, path::PathBuf};
 
@@ -27,14 +28,14 @@ pub enum DatapathError {
         program: &'static str,
         kernel: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 
     #[error("could not create the datapath's eBPF maps (pinned under {maps_dir}): {source}")]
     LoadObject {
         maps_dir: PathBuf,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
 
     #[error(
@@ -70,7 +71,7 @@ pub enum DatapathError {
         program: &'static str,
         target: PathBuf,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 
     #[error("could not {action} the link {link}: {source}")]
@@ -89,7 +90,7 @@ pub enum DatapathError {
         map: &'static str,
         action: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 
     #[error("service {frontend:?} cannot be programmed: {reason}")]
