@@ -271,6 +271,11 @@ fn subdirs(path: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Pids in the cgroup at `path` and every cgroup below it.
+pub fn pids_in_tree(path: &Path) -> Vec<u32> {
+    pids_recursive(path)
+}
+
 fn pids_recursive(path: &Path) -> Vec<u32> {
     let mut pids: Vec<u32> = fs::read_to_string(path.join("cgroup.procs"))
         .unwrap_or_default()

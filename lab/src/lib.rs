@@ -7,8 +7,13 @@
 
 pub mod cgroup;
 pub mod echo;
+pub mod host;
+pub mod lab;
 pub mod manifests;
 pub mod netns;
+pub mod network;
 pub mod state;
 pub mod supervisor;
 pub mod topology;
+
+pub use lab::{DeploySpec, Lab, LabConfig, LabError, down};

@@ -101,6 +101,13 @@ impl NetNs {
         })
     }
 
+    /// Turns the guard into a plain name: the namespace stays after the guard is gone
+    /// (the lab keeps its namespaces until `down`).
+    pub fn keep(mut self) -> String {
+        self.owned = false;
+        std::mem::take(&mut self.name)
+    }
+
     /// Whether `/run/netns/<name>` exists.
     pub fn exists(name: &str) -> bool {
         validate_name(name).is_ok() && PathBuf::from(NETNS_DIR).join(name).exists()

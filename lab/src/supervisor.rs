@@ -558,12 +558,7 @@ fn spawn(procs: &Processes, spec: &ProcessSpec) -> io::Result<Child> {
     let log = open_log(&procs.log_path(&spec.id)).map_err(io::Error::other)?;
     let log2 = log.try_clone()?;
     fs::create_dir_all(&spec.cgroup)?;
-    Command::new("/bin/sh")
-        .arg("-c")
-        .arg(r#"echo $$ > "$0" && exec ip netns exec "$@""#)
-        .arg(spec.cgroup.join("cgroup.procs"))
-        .arg(&spec.netns)
-        .arg(&spec.program)
+    command_in(&spec.netns, &spec.cgroup, &spec.program)
         .args(&spec.args)
         .envs(&spec.env)
         .stdin(Stdio::null())
@@ -571,6 +566,20 @@ fn spawn(procs: &Processes, spec: &ProcessSpec) -> io::Result<Child> {
         .stderr(log2)
         .process_group(0)
         .spawn()
+}
+
+/// A [`Command`] that runs `program` in network namespace `netns` and cgroup `cgroup`
+/// (absolute; it must exist): `sh` writes its own pid to `cgroup.procs`, then execs
+/// `ip netns exec <netns> <program>`, which execs the program, so the pid stays the same
+/// and the program is in the cgroup from its first instruction. Add arguments as usual.
+pub fn command_in(netns: &str, cgroup: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"echo $$ > "$0" && exec ip netns exec "$@""#)
+        .arg(cgroup.join("cgroup.procs"))
+        .arg(netns)
+        .arg(program);
+    cmd
 }
 
 use std::os::unix::process::CommandExt as _;

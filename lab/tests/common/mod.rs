@@ -38,3 +38,69 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+use std::path::{Path, PathBuf};
+
+use clustermesh_lab::state::Helper;
+use clustermesh_lab::topology::Topology;
+use clustermesh_lab::{Lab, LabConfig};
+
+/// A lab for one test: unique name, state in a temporary directory, taken down on drop
+/// (also when the test fails).
+pub struct TestLab {
+    pub lab: Lab,
+    pub name: String,
+    pub state_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestLab {
+    /// Brings up `topology` (default: east and west, two nodes each).
+    pub fn up(topology: Option<Topology>) -> TestLab {
+        let name = unique("t");
+        let tmp = tempfile::tempdir().unwrap();
+        let state_dir = tmp.path().join(&name);
+        let helper = Helper {
+            program: env!("CARGO_BIN_EXE_clustermesh-lab-helper").into(),
+            prefix_args: vec![],
+        };
+        let mut config = LabConfig::new(&name, helper);
+        config.state_dir = state_dir.clone();
+        // If `up` fails half-way it cleans up itself; a guard still runs `down` to be sure.
+        let guard = DownGuard {
+            name: name.clone(),
+            state_dir: state_dir.clone(),
+        };
+        let lab = Lab::up(&config, &topology.unwrap_or_default()).expect("lab up");
+        std::mem::forget(guard);
+        TestLab {
+            lab,
+            name,
+            state_dir,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if let Err(err) = clustermesh_lab::down(&self.name, &self.state_dir) {
+            eprintln!("cleanup of lab {} failed: {err}", self.name);
+        }
+    }
+}
+
+struct DownGuard {
+    name: String,
+    state_dir: PathBuf,
+}
+
+impl Drop for DownGuard {
+    fn drop(&mut self) {
+        let _ = clustermesh_lab::down(&self.name, &self.state_dir);
+    }
+}
