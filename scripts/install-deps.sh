@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what clustermesh needs to build and test on Debian 12, if it is missing.
+# Sourced by test.sh and demo.sh; safe to run again (it installs nothing that is present).
+set -euo pipefail
+
+# command-to-check:debian-package
+needed=(
+  etcd:etcd-server
+  etcdctl:etcd-client
+  clang:clang
+  llc:llvm
+  protoc:protobuf-compiler
+  ip:iproute2
+  nft:nftables
+  dig:dnsutils
+  cc:gcc
+)
+missing=()
+for pair in "${needed[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+# Headers have no command to look for.
+[ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+[ -f /usr/include/asm/types.h ] || [ -d /usr/include/x86_64-linux-gnu/asm ] || missing+=(linux-libc-dev)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${missing[*]}; run as root (or: sudo apt-get install -y ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "==> installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is not installed: install Rust (rustup, stable 1.95 or newer) first" >&2
+  exit 1
+fi
