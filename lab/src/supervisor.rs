@@ -428,7 +428,9 @@ pub fn run_daemon(state_dir: &Path, own_cgroup: Option<&Path>) -> Result<(), Sup
             let run = running.remove(&id).expect("key from map");
             let ran = run.started.elapsed();
             let backoff = waiting.entry(id.clone()).or_default();
-            backoff.after_exit(ran);
+            if !stop {
+                backoff.after_exit(ran);
+            }
             backoff.last_exit = Some(exit.to_string());
             eprintln!("{id}: pid {} ended ({exit}) after {ran:?}", run.child.id());
             if wanted.is_some() {
