@@ -110,6 +110,8 @@ pub struct LabConfig {
     pub etcd_bin: PathBuf,
     /// Binaries of the apiserver and agents; `None` = not available (not started).
     pub binaries: ComponentBinaries,
+    /// How long `up` waits for every etcd to be healthy.
+    pub ready_timeout: Duration,
 }
 
 impl LabConfig {
@@ -121,6 +123,7 @@ impl LabConfig {
             helper,
             etcd_bin: "etcd".into(),
             binaries: ComponentBinaries::default(),
+            ready_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -214,15 +217,15 @@ impl Lab {
         // Saved first, so that `down` finds everything even if we crash half-way.
         state.save()?;
         let lab = Lab { state, naming };
-        match lab.build(&etcd_bin) {
-            Ok(()) => {
-                drop(lock);
-                lab.wait_etcd_healthy(Duration::from_secs(30))?;
-                Ok(lab)
-            }
+        let built = lab.build(&etcd_bin);
+        drop(lock);
+        match built.and_then(|()| lab.wait_etcd_healthy(config.ready_timeout)) {
+            Ok(()) => Ok(lab),
             Err(err) => {
-                tracing::error!("bringing the lab up failed: {err}; removing what was built");
-                drop(lock);
+                tracing::error!(
+                    "bringing the lab up failed: {err}; removing what was built (logs stay in {})",
+                    state_dir.display()
+                );
                 if let Err(cleanup) = teardown(&lab.state.name, state_dir, true) {
                     tracing::error!("cleanup after the failure failed too: {cleanup}");
                 }
@@ -273,12 +276,12 @@ impl Lab {
         )?;
         for cluster in &s.clusters {
             procs.register(&self.etcd_spec(cluster, etcd_bin))?;
-            if s.binaries.apiserver.is_some() {
-                procs.register(&self.apiserver_spec(&cluster.name)?)?;
+            if let Some(program) = &s.binaries.apiserver {
+                procs.register(&self.apiserver_spec(&cluster.name, program)?)?;
             }
-            if s.binaries.agent.is_some() {
+            if let Some(program) = &s.binaries.agent {
                 for node in &cluster.nodes {
-                    procs.register(&self.agent_spec(&cluster.name, &node.name)?)?;
+                    procs.register(&self.agent_spec(&cluster.name, &node.name, program)?)?;
                 }
             }
         }
@@ -476,14 +479,14 @@ impl Lab {
         }
     }
 
-    /// The process spec of a cluster's apiserver: runs on the cluster's first node, in
-    /// `<node cgroup>/apiserver`, configured through `CLUSTERMESH_*` environment variables
-    /// (cluster name and ID, etcd endpoints, manifests dir, node, cgroup, bpffs dir).
-    /// Fails with `NotAvailable`-style errors when no apiserver binary was given.
-    pub fn apiserver_spec(&self, cluster: &str) -> Result<ProcessSpec, LabError> {
+    /// The process spec of a cluster's apiserver running `program`: on the cluster's first
+    /// node (beside etcd), in `<node cgroup>/apiserver`, configured through the `CLUSTERMESH_*`
+    /// environment variables listed in the crate documentation. Add `args` as the apiserver
+    /// needs them, then [`Processes::register`] it (`lab.processes().register(&spec)`).
+    pub fn apiserver_spec(&self, cluster: &str, program: &Path) -> Result<ProcessSpec, LabError> {
         let c = self.cluster(cluster)?;
         let node = etcd_node(c);
-        let program = self.state.binaries.apiserver.clone().unwrap_or_default();
+        let program = program.to_owned();
         Ok(ProcessSpec {
             id: format!("{cluster}.apiserver"),
             component: Component::Apiserver,
@@ -501,12 +504,17 @@ impl Lab {
         })
     }
 
-    /// The process spec of a node's agent: in the node's namespace and `<node cgroup>/agent`,
-    /// configured like the apiserver (see [`Lab::apiserver_spec`]).
-    pub fn agent_spec(&self, cluster: &str, node: &str) -> Result<ProcessSpec, LabError> {
+    /// The process spec of a node's agent running `program`: in the node's namespace and
+    /// `<node cgroup>/agent`, configured like the apiserver (see [`Lab::apiserver_spec`]).
+    pub fn agent_spec(
+        &self,
+        cluster: &str,
+        node: &str,
+        program: &Path,
+    ) -> Result<ProcessSpec, LabError> {
         let c = self.cluster(cluster)?;
         let n = self.node(cluster, node)?;
-        let program = self.state.binaries.agent.clone().unwrap_or_default();
+        let program = program.to_owned();
         Ok(ProcessSpec {
             id: format!("{cluster}.agent.{node}"),
             component: Component::Agent,

@@ -178,13 +178,13 @@ impl NetNs {
 
     /// Sets a sysctl inside the namespace, e.g. `("net.ipv4.ip_forward", "1")`.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), NetNsError> {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let value = value.to_owned();
-        self.run(move || std::fs::write(&path, value.as_bytes()))?
-            .map_err(|source| NetNsError::Open {
-                path: PathBuf::from(format!("/proc/sys/{}", key.replace('.', "/"))),
-                source,
-            })
+        let path = PathBuf::from(format!("/proc/sys/{}", key.replace('.', "/")));
+        let written = {
+            let path = path.clone();
+            let value = value.to_owned();
+            self.run(move || std::fs::write(path, value))?
+        };
+        written.map_err(|source| NetNsError::Open { path, source })
     }
 
     /// Pids of the processes whose network namespace is this one.

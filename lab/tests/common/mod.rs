@@ -57,15 +57,16 @@ pub struct TestLab {
 impl TestLab {
     /// Brings up `topology` (default: east and west, two nodes each).
     pub fn up(topology: Option<Topology>) -> TestLab {
+        Self::up_with(topology, |_| {})
+    }
+
+    /// Like [`TestLab::up`], with a chance to change the config first.
+    pub fn up_with(topology: Option<Topology>, change: impl FnOnce(&mut LabConfig)) -> TestLab {
         let name = unique("t");
         let tmp = tempfile::tempdir().unwrap();
         let state_dir = tmp.path().join(&name);
-        let helper = Helper {
-            program: env!("CARGO_BIN_EXE_clustermesh-lab-helper").into(),
-            prefix_args: vec![],
-        };
-        let mut config = LabConfig::new(&name, helper);
-        config.state_dir = state_dir.clone();
+        let mut config = test_config(&name, &state_dir);
+        change(&mut config);
         // If `up` fails half-way it cleans up itself; a guard still runs `down` to be sure.
         let guard = DownGuard {
             name: name.clone(),
@@ -103,4 +104,15 @@ impl Drop for DownGuard {
     fn drop(&mut self) {
         let _ = clustermesh_lab::down(&self.name, &self.state_dir);
     }
+}
+
+/// A lab config using the lab crate's own helper binary and `state_dir`.
+pub fn test_config(name: &str, state_dir: &Path) -> LabConfig {
+    let helper = Helper {
+        program: env!("CARGO_BIN_EXE_clustermesh-lab-helper").into(),
+        prefix_args: vec![],
+    };
+    let mut config = LabConfig::new(name, helper);
+    config.state_dir = state_dir.to_owned();
+    config
 }
