@@ -1,6 +1,6 @@
 //! `clustermesh lab …`: wiring of the lab commands to the `clustermesh-lab` library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ pub enum LabCommand {
     /// Stops the supervisor and every process, deletes the lab's network namespaces (with their
     /// veths, bridges and routes), cgroups, bpffs directory and state directory. Works from the
     /// lab name alone when the state directory is lost; nothing to remove is not an error.
-    Down(LabSelector),
+    Down(DownArgs),
     /// Show clusters, nodes, processes, pods and services of a lab.
     Status(StatusArgs),
     /// Deploy the echo workload with a Service (and its annotations).
@@ -111,6 +111,17 @@ pub struct UpArgs {
     /// clustermesh-agent binary; without it no agent runs (it is not built yet).
     #[arg(long)]
     agent_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    lab: LabSelector,
+    /// Take down every lab found on this machine (by its cgroup or `cml-<name>-` namespaces),
+    /// e.g. after test runs were killed. Their state directories are removed only when they
+    /// are in the default place.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -208,7 +219,7 @@ pub struct ProcessArgs {
 pub fn run(cmd: LabCommand) -> Result<ExitCode> {
     match cmd {
         LabCommand::Up(args) => up(args),
-        LabCommand::Down(sel) => down(&sel),
+        LabCommand::Down(args) => down(&args),
         LabCommand::Status(args) => status(&args),
         LabCommand::Deploy(args) => deploy(args),
         LabCommand::Scale(args) => scale(&args),
@@ -277,17 +288,33 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn down(sel: &LabSelector) -> Result<ExitCode> {
-    let report = clustermesh_lab::down(&sel.name, &sel.state_dir())?;
+fn down(args: &DownArgs) -> Result<ExitCode> {
+    host::require_root()?;
+    if !args.all {
+        down_one(&args.lab.name, &args.lab.state_dir())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let names = clustermesh_lab::lab::list_labs();
+    if names.is_empty() {
+        eprintln!("no lab found on this machine");
+    }
+    for name in names {
+        down_one(&name, &default_state_dir(&name))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn down_one(name: &str, state_dir: &Path) -> Result<()> {
+    let report = clustermesh_lab::down(name, state_dir)
+        .with_context(|| format!("taking down lab {name:?}"))?;
     if report.netns_removed.is_empty()
         && report.cgroup_removed.is_none()
         && report.state_dir_removed.is_none()
     {
-        eprintln!("lab {:?}: nothing to remove", sel.name);
+        eprintln!("lab {name:?}: nothing to remove");
     } else {
         eprintln!(
-            "lab {:?} removed: {} network namespace(s), {} process(es) killed{}{}",
-            sel.name,
+            "lab {name:?} removed: {} network namespace(s), {} process(es) stopped{}{}",
             report.netns_removed.len(),
             report.processes_killed,
             report
@@ -300,7 +327,7 @@ fn down(sel: &LabSelector) -> Result<ExitCode> {
                 .unwrap_or_default(),
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn status(args: &StatusArgs) -> Result<ExitCode> {

@@ -1092,6 +1092,7 @@ pub struct ProcessRow {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DownReport {
     pub netns_removed: Vec<String>,
+    /// Processes that ran in the lab's cgroup (stopped or killed).
     pub processes_killed: usize,
     pub cgroup_removed: Option<PathBuf>,
     pub bpffs_removed: Option<PathBuf>,
@@ -1117,16 +1118,17 @@ fn teardown(name: &str, state_dir: &Path, keep_logs: bool) -> Result<DownReport,
         None
     };
 
-    tracing::info!("stopping the supervisor and its processes");
-    let procs = Processes::new(state_dir);
-    procs.stop_daemon(Duration::from_secs(8));
-
     let cgroup_dir = match &state {
         Some(s) => s.cgroup_dir.clone(),
         None => cgroup2_root()?.join(naming.cgroup()),
     };
+    report.processes_killed = cgroup::pids_in_tree(&cgroup_dir).len();
+
+    tracing::info!("stopping the supervisor and its processes");
+    let procs = Processes::new(state_dir);
+    procs.stop_daemon(Duration::from_secs(8));
+    // Whatever is left (the supervisor was dead, or a process ignored SIGTERM) is killed.
     if cgroup_dir.exists() {
-        report.processes_killed = cgroup::pids_in_tree(&cgroup_dir).len();
         cgroup::kill_tree(&cgroup_dir)?;
     }
 
@@ -1191,4 +1193,30 @@ pub fn supervise(args: &SuperviseArgs) -> Result<(), LabError> {
     let state = LabState::load(&args.state_dir)?;
     crate::supervisor::run_daemon(&args.state_dir, Some(&state.cgroup_dir.join("supervisor")))?;
     Ok(())
+}
+
+/// Names of every lab that has something on this machine: a cgroup under
+/// `<cgroup v2 root>/clustermesh-lab/` or a network namespace named `cml-<name>-…`.
+pub fn list_labs() -> Vec<String> {
+    let mut names: Vec<String> = cgroup2_root()
+        .ok()
+        .and_then(|root| std::fs::read_dir(root.join("clustermesh-lab")).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    for ns in NetNs::list_with_prefix("cml-") {
+        if let Some(name) = ns
+            .strip_prefix("cml-")
+            .and_then(|rest| rest.split('-').next())
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names.retain(|n| topology::check_lab_name(n).is_ok());
+    names.sort();
+    names.dedup();
+    names
 }

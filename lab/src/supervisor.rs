@@ -309,7 +309,7 @@ impl Processes {
         }
     }
 
-    /// The daemon's pid, if it is alive (checked against /proc/<pid>/cmdline).
+    /// The daemon's pid, if it is alive (checked against `/proc/<pid>/cmdline`).
     pub fn daemon_pid(&self) -> Option<u32> {
         let pid: u32 = fs::read_to_string(self.daemon_pid_path())
             .ok()?

@@ -1,13 +1,14 @@
 //! What a lab looks like: clusters, their nodes and address plans, and the names every
 //! namespace, interface and cgroup gets. Pure data, no I/O; [`crate::network`] builds it.
 //!
-//! Address plan of a cluster (defaults in brackets):
-//! - `node_cidr` [172.20.<id>.0/24]: the cluster network. Its first address is the WAN
-//!   router's address on the cluster's bridge; node `i` (0-based) gets the `10 + i`-th address.
-//! - `pod_cidr` [10.244.0.0/16 in every cluster, so pod CIDRs overlap]: split into one
-//!   `/node_pod_prefix` [/24] per node in order. The first address of a node's pod CIDR is the
-//!   pods' gateway (on the node's `lo`); pods get the following ones.
-//! - `service_cidr` [10.96.0.0/16]: ClusterIPs written to the Service manifests.
+//! Address plan of a cluster (defaults after "default:"):
+//! - `node_cidr`, default: `172.20.<cluster id>.0/24`: the cluster network. Its first address
+//!   is the WAN router's address on the cluster's bridge; node `i` (0-based) gets the
+//!   `10 + i`-th address.
+//! - `pod_cidr`, default: `10.244.0.0/16` in every cluster, so pod CIDRs overlap. It is split
+//!   into one `/node_pod_prefix` (default: /24) per node, in order. The first address of a
+//!   node's pod CIDR is the pods' gateway (on the node's `lo`); pods get the following ones.
+//! - `service_cidr`, default: `10.96.0.0/16`: ClusterIPs written to the Service manifests.
 
 use std::net::Ipv4Addr;
 
