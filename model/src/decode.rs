@@ -140,8 +140,8 @@ impl DecodeError {
     }
 }
 
-/// Decodes a value found under a `state/` key (the publishing cluster's own etcd) or a `cache/`
-/// key (the local mirror of a peer), read for `expected`.
+/// Decodes a value found under a `state/` key (the publishing cluster's own etcd), a `cache/`
+/// key (the local mirror of a peer) or a `local/` key, read for `expected`.
 pub fn decode_state(
     schema: &KeySchema,
     key: &str,
@@ -154,6 +154,7 @@ pub fn decode_state(
     let (cluster, object) = match &parsed {
         Key::State { cluster, object } => (cluster, object),
         Key::Cache { remote, object } => (remote, object),
+        Key::Local { cluster, object } => (cluster, object),
         _ => return Err(DecodeError::NotAStateKey(key.to_owned())),
     };
     if *cluster != expected.name {

@@ -12,7 +12,11 @@
 //! <root>/synced/<cluster>/<kind>                   first full sync of <kind> is in etcd
 //! <root>/cache/<kind>/v1/<remote>/...              the mirror of a remote cluster's state
 //! <root>/cache/synced/<remote>/<kind>              the mirror of <kind> is complete
+//! <root>/local/services/v1/<cluster>/<ns>/<name>   an unshared global service: local agents only
+//! <root>/allocations/identities/<cluster>/<id>     an identity allocation, kept across restarts
 //! ```
+//!
+//! Peers' read-only credentials cover `state/`, never `local/` or `allocations/`.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -197,6 +201,15 @@ pub enum Key {
         remote: ClusterName,
         kind: Kind,
     },
+    /// Published for the local cluster's agents only (services with `shared: "false"`).
+    Local {
+        cluster: ClusterName,
+        object: ObjectName,
+    },
+    IdentityAllocation {
+        cluster: ClusterName,
+        id: u32,
+    },
 }
 
 /// Builds and parses keys under one root prefix.
@@ -269,6 +282,28 @@ impl KeySchema {
         format!("{}/cache/synced/{remote}/{kind}", self.root)
     }
 
+    /// Objects published for the local agents only (ends in '/').
+    pub fn local_prefix(&self, kind: Kind, cluster: &ClusterName) -> String {
+        format!("{}/local/{kind}/{SCHEMA_VERSION}/{cluster}/", self.root)
+    }
+
+    pub fn local(&self, cluster: &ClusterName, object: &ObjectName) -> String {
+        format!(
+            "{}{}",
+            self.local_prefix(object.kind(), cluster),
+            object.path()
+        )
+    }
+
+    /// Persistent identity allocations of a cluster (ends in '/'); not under any lease.
+    pub fn identity_allocation_prefix(&self, cluster: &ClusterName) -> String {
+        format!("{}/allocations/identities/{cluster}/", self.root)
+    }
+
+    pub fn identity_allocation(&self, cluster: &ClusterName, id: u32) -> String {
+        format!("{}{id}", self.identity_allocation_prefix(cluster))
+    }
+
     /// Everything mirrored from remote clusters (ends in '/').
     pub fn cache_root(&self) -> String {
         format!("{}/cache/", self.root)
@@ -283,6 +318,8 @@ impl KeySchema {
             Key::State { cluster, object } => self.state(cluster, object),
             Key::Cache { remote, object } => self.cache(remote, object),
             Key::CacheSynced { remote, kind } => self.cache_synced(remote, *kind),
+            Key::Local { cluster, object } => self.local(cluster, object),
+            Key::IdentityAllocation { cluster, id } => self.identity_allocation(cluster, *id),
         }
     }
 
@@ -340,6 +377,24 @@ impl KeySchema {
                 Ok(Key::Cache {
                     remote: cluster(remote)?,
                     object,
+                })
+            }
+            "local" => {
+                let (cluster_name, object) = self.parse_versioned(tail, key)?;
+                Ok(Key::Local {
+                    cluster: cluster(cluster_name)?,
+                    object,
+                })
+            }
+            "allocations" => {
+                let rest = tail.strip_prefix("identities/").ok_or_else(unknown)?;
+                let (c, id) = rest.split_once('/').ok_or_else(unknown)?;
+                let ObjectName::Identity(id) = ObjectName::parse(Kind::Identities, id, key)? else {
+                    return Err(unknown());
+                };
+                Ok(Key::IdentityAllocation {
+                    cluster: cluster(c)?,
+                    id,
                 })
             }
             _ => Err(unknown()),
@@ -420,6 +475,17 @@ mod tests {
             Key::CacheSynced {
                 remote: east(),
                 kind: Kind::Nodes,
+            },
+            Key::Local {
+                cluster: east(),
+                object: ObjectName::Service {
+                    namespace: "default".into(),
+                    name: "private".into(),
+                },
+            },
+            Key::IdentityAllocation {
+                cluster: east(),
+                id: 256,
             },
         ];
         for key in keys {

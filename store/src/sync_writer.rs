@@ -1,4 +1,4 @@
-//! The sync writer keeps everything under one etcd prefix equal to what its owner desires.
+//! The sync writer keeps everything under its etcd prefixes equal to what its owner desires.
 //!
 //! The owner says what it wants (`upsert`, `delete`, or `replace_all`) and, once its first full
 //! view is in, `mark_synced`. A background task writes only what changed, batched into etcd
@@ -29,15 +29,17 @@ const PIPELINE_DEPTH: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
-    #[error("key {key:?} is outside this writer's prefix {prefix:?}")]
-    OutsidePrefix { key: String, prefix: String },
+    #[error("key {key:?} is outside this writer's prefixes {prefixes:?}")]
+    OutsidePrefix { key: String, prefixes: Vec<String> },
 }
 
 /// What the writer owns and how it announces its first full sync.
 #[derive(Debug, Clone)]
 pub struct SyncWriterConfig {
-    /// Every key written starts with this; every other key under it is deleted once synced.
-    pub prefix: String,
+    /// Every key written starts with one of these; every other key under them is deleted once
+    /// synced. (Shared and local-only services are one writer with two prefixes, so one synced
+    /// marker covers both.)
+    pub prefixes: Vec<String>,
     /// The `synced/<cluster>/<kind>` marker key and value, written after the first full sync.
     pub synced_key: String,
     pub synced_value: Vec<u8>,
@@ -77,7 +79,7 @@ struct Shared {
 }
 
 pub struct SyncWriter {
-    prefix: String,
+    prefixes: Vec<String>,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
@@ -96,17 +98,17 @@ impl SyncWriter {
             shared.clone(),
         ));
         SyncWriter {
-            prefix: config.prefix,
+            prefixes: config.prefixes,
             shared,
             task,
         }
     }
 
     fn check(&self, key: &str) -> Result<(), WriterError> {
-        if !key.starts_with(&self.prefix) {
+        if !self.prefixes.iter().any(|p| key.starts_with(p.as_str())) {
             return Err(WriterError::OutsidePrefix {
                 key: key.to_owned(),
-                prefix: self.prefix.clone(),
+                prefixes: self.prefixes.clone(),
             });
         }
         Ok(())
@@ -153,7 +155,7 @@ impl SyncWriter {
         Ok(())
     }
 
-    /// Wants exactly `desired` under the prefix: writes what differs, deletes what is missing.
+    /// Wants exactly `desired` under the prefixes: writes what differs, deletes what is missing.
     pub fn replace_all(&self, desired: BTreeMap<String, Vec<u8>>) -> Result<(), WriterError> {
         for key in desired.keys() {
             self.check(key)?;
@@ -246,7 +248,7 @@ async fn run(
             s.dirty.extend(keys);
             s.synced = false;
             s.generation += 1;
-            info!(prefix = %config.prefix, "lease replaced; rewriting all keys");
+            info!(prefixes = ?config.prefixes, "lease replaced; rewriting all keys");
         }
         let (ops, generation, sync_requested, synced) = {
             let mut guard = shared.state.lock().expect("writer state poisoned");
@@ -274,13 +276,13 @@ async fn run(
                     s.last_error = None;
                     if sync_requested && !s.synced {
                         s.synced = true;
-                        info!(prefix = %config.prefix, "initial sync complete");
+                        info!(prefixes = ?config.prefixes, "initial sync complete");
                     }
                 }
                 shared.written.send_replace(generation);
             }
             Err(error) => {
-                warn!(prefix = %config.prefix, %error, "etcd write failed; will retry");
+                warn!(prefixes = ?config.prefixes, %error, "etcd write failed; will retry");
                 {
                     let mut s = shared.state.lock().expect("writer state poisoned");
                     // Put back what was not confirmed; a newer desire for the same key wins
@@ -349,7 +351,7 @@ async fn write_ops(client: &Client, lease: LeaseId, ops: &[Op]) -> Result<(), St
     Ok(())
 }
 
-/// Deletes every key under the prefix that the owner does not desire, then writes the marker.
+/// Deletes every key under the prefixes that the owner does not desire, then writes the marker.
 async fn finish_sync(
     client: &Client,
     lease: LeaseId,
@@ -357,26 +359,32 @@ async fn finish_sync(
     shared: &Shared,
 ) -> Result<(), String> {
     let mut c = client.clone();
-    let listed = c
-        .get(
-            config.prefix.as_str(),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut listed = Vec::new();
+    for prefix in &config.prefixes {
+        let resp = c
+            .get(
+                prefix.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        listed.extend(
+            resp.kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+        );
+    }
     let stale: Vec<Op> = {
         let s = shared.state.lock().expect("writer state poisoned");
         listed
-            .kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .into_iter()
             .filter(|k| !s.desired.contains_key(k))
             .map(|k| (k, None))
             .collect()
     };
     write_ops(client, lease, &stale).await?;
     if !stale.is_empty() {
-        info!(prefix = %config.prefix, count = stale.len(), "deleted stale keys from an earlier run");
+        info!(prefixes = ?config.prefixes, count = stale.len(), "deleted stale keys from an earlier run");
         shared
             .state
             .lock()

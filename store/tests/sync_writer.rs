@@ -12,7 +12,7 @@ const SYNCED: &str = "clustermesh/synced/east/services";
 
 fn config() -> SyncWriterConfig {
     SyncWriterConfig {
-        prefix: PREFIX.to_owned(),
+        prefixes: vec![PREFIX.to_owned()],
         synced_key: SYNCED.to_owned(),
         synced_value: b"{}".to_vec(),
     }
@@ -197,5 +197,5 @@ async fn keys_outside_the_prefix_are_refused() {
     let err = writer
         .upsert("clustermesh/state/services/v1/west/a/b".into(), vec![])
         .unwrap_err();
-    assert!(err.to_string().contains("outside this writer's prefix"));
+    assert!(err.to_string().contains("outside this writer's prefixes"));
 }

@@ -25,7 +25,9 @@ use clustermesh_store::{
 use clustermesh_testkit::EtcdServer;
 
 #[derive(Parser, Debug)]
-#[command(about = "Measure the sync writer's throughput and the watch reader's latency against a real etcd")]
+#[command(
+    about = "Measure the sync writer's throughput and the watch reader's latency against a real etcd"
+)]
 struct Args {
     /// Service entries to write.
     #[arg(long, default_value_t = 10_000)]
@@ -145,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         &session,
         SyncWriterConfig {
-            prefix: schema.state_prefix(Kind::Services, &names[1]),
+            prefixes: vec![schema.state_prefix(Kind::Services, &names[1])],
             synced_key: schema.synced(&names[1], Kind::Services),
             synced_value: b"{}".to_vec(),
         },
@@ -159,7 +161,11 @@ async fn main() -> anyhow::Result<()> {
     let written = c
         .get(
             schema.state_prefix(Kind::Services, &names[1]),
-            Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
         )
         .await?
         .count();
@@ -205,7 +211,10 @@ async fn main() -> anyhow::Result<()> {
     let verdict = if speedup >= 5.0 { "PASS" } else { "FAIL" };
 
     println!();
-    println!("store benchmark: {} global services, etcd at {endpoint}", args.keys);
+    println!(
+        "store benchmark: {} global services, etcd at {endpoint}",
+        args.keys
+    );
     println!("{:<42} {:>12} {:>12}", "write path", "keys/s", "total");
     println!(
         "{:<42} {:>12.0} {:>12}",
@@ -221,10 +230,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("speed-up: {speedup:.1}x (target >= 5x: {verdict})");
     println!();
-    println!(
-        "{:<42} {:>12} {:>12}",
-        "watch reader", "median", "p99"
-    );
+    println!("{:<42} {:>12} {:>12}", "watch reader", "median", "p99");
     println!(
         "{:<42} {:>12} {:>12}",
         format!("put -> event ({} samples)", latencies.len()),
