@@ -136,6 +136,13 @@ impl NetNs {
         PathBuf::from(NETNS_DIR).join(&self.name)
     }
 
+    /// Opens the namespace file: a namespace fd, e.g. to attach an `sk_lookup` program to
+    /// the namespace or to `setns(2)` into it yourself.
+    pub fn open_fd(&self) -> Result<File, NetNsError> {
+        let path = self.path();
+        File::open(&path).map_err(|source| NetNsError::Open { path, source })
+    }
+
     /// Runs `f` on a new thread inside the namespace and returns its result.
     /// The calling thread's namespace is never changed.
     pub fn run<T, F>(&self, f: F) -> Result<T, NetNsError>
@@ -143,8 +150,7 @@ impl NetNs {
         T: Send,
         F: FnOnce() -> T + Send,
     {
-        let path = self.path();
-        let file = File::open(&path).map_err(|source| NetNsError::Open { path, source })?;
+        let file = self.open_fd()?;
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
