@@ -72,10 +72,15 @@ pub enum LabCommand {
     /// Ids are shown by `status`, e.g. `east.etcd`, `west.pod.default.echo-0`. Use `stop` to
     /// keep a process down.
     Kill(ProcessArgs),
-    /// Stop a supervised process and keep it stopped until `start`.
-    Stop(ProcessArgs),
-    /// Let a stopped process run again.
-    Start(ProcessArgs),
+    /// Stop a supervised process, or every process of a node, and keep it stopped.
+    ///
+    /// With --node CLUSTER/NODE this is the "node dies" drill: its agent and its pods'
+    /// workloads (and etcd on a cluster's first node) stop until `start --node`.
+    Stop(StopStartArgs),
+    /// Let a stopped process (or every stopped process of a node) run again.
+    Start(StopStartArgs),
+    /// Print the log of a supervised process (or of the supervisor with `supervisor`).
+    Logs(LogsArgs),
     /// Run a lab's supervisor daemon (started by `up`; not for direct use).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
@@ -209,6 +214,29 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StopStartArgs {
+    #[command(flatten)]
+    lab: LabSelector,
+    /// Process id as `status` shows it, e.g. east.etcd.
+    #[arg(required_unless_present = "node", conflicts_with = "node")]
+    id: Option<String>,
+    /// All processes of a node, given as CLUSTER/NODE, e.g. east/east-1.
+    #[arg(long)]
+    node: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    lab: LabSelector,
+    /// Process id as `status` shows it, e.g. east.etcd; `supervisor` for the daemon's own log.
+    id: String,
+    /// Only the last N lines.
+    #[arg(long, default_value_t = 50)]
+    tail: usize,
+}
+
+#[derive(Debug, Args)]
 pub struct ProcessArgs {
     #[command(flatten)]
     lab: LabSelector,
@@ -225,8 +253,9 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         LabCommand::Scale(args) => scale(&args),
         LabCommand::Exec(args) => exec(&args),
         LabCommand::Kill(args) => process_action(&args, Action::Kill),
-        LabCommand::Stop(args) => process_action(&args, Action::Stop),
-        LabCommand::Start(args) => process_action(&args, Action::Start),
+        LabCommand::Stop(args) => stop_start(args, Action::Stop),
+        LabCommand::Start(args) => stop_start(args, Action::Start),
+        LabCommand::Logs(args) => logs(&args),
         LabCommand::Supervise(args) => {
             clustermesh_lab::lab::supervise(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -443,6 +472,53 @@ fn exec(args: &ExecArgs) -> Result<ExitCode> {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+fn stop_start(args: StopStartArgs, action: Action) -> Result<ExitCode> {
+    if let Some(id) = args.id {
+        return process_action(&ProcessArgs { lab: args.lab, id }, action);
+    }
+    let spec = args.node.context("give a process id or --node")?;
+    let Some((cluster, node)) = spec.split_once('/') else {
+        bail!("--node {spec:?} must be CLUSTER/NODE, e.g. east/east-1");
+    };
+    let lab = args.lab.open()?;
+    let ids = match action {
+        Action::Start => lab.start_node(cluster, node)?,
+        _ => lab.stop_node(cluster, node)?,
+    };
+    let verb = match action {
+        Action::Start => "started",
+        _ => "stopped (until `clustermesh lab start --node ...`)",
+    };
+    if ids.is_empty() {
+        println!("node {cluster}/{node} has no process to act on");
+    } else {
+        println!("{verb} on {cluster}/{node}: {}", ids.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logs(args: &LogsArgs) -> Result<ExitCode> {
+    let lab = args.lab.open()?;
+    let procs = lab.processes();
+    let path = if args.id == "supervisor" {
+        procs.daemon_log_path()
+    } else {
+        procs.log_path(&args.id)
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no log for {:?} at {} (`clustermesh lab status` lists the processes)",
+            args.id,
+            path.display()
+        )
+    })?;
+    let lines: Vec<&str> = text.lines().collect();
+    for line in &lines[lines.len().saturating_sub(args.tail)..] {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 enum Action {

@@ -121,6 +121,19 @@ fn a_lab_session_through_the_cli() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("runs again as pid"));
 
+    let out = lab(&name, &state, &["logs", "alpha.etcd", "--tail", "5"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+
+    // The "node dies" drill: beta-2's pod stops, and comes back with `start --node`.
+    let out = lab(&name, &state, &["stop", "--node", "beta/beta-2"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("beta.pod.default.echo-1"));
+    let out = lab(&name, &state, &["start", "--node", "beta/beta-2"]);
+    assert!(out.status.success());
+    let out = lab(&name, &state, &["stop", "--node", "beta-2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CLUSTER/NODE"));
+
     let out = lab(&name, &state, &["status", "-o", "json"]);
     assert!(out.status.success());
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

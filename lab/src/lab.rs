@@ -262,6 +262,10 @@ impl Lab {
                     })
                 })?;
                 manifests.write_node(&cluster.name, node)?;
+                if let Some(bpffs) = &s.bpffs_dir {
+                    // Where the node's agent pins its maps; removed by `down`.
+                    let _ = std::fs::create_dir_all(bpffs.join(&cluster.name).join(&node.name));
+                }
             }
             manifests.write_namespace("default")?;
         }
@@ -306,6 +310,53 @@ impl Lab {
     /// The lab's supervised processes.
     pub fn processes(&self) -> Processes {
         Processes::new(&self.state.state_dir)
+    }
+
+    /// A failure drill: stops every supervised process on a node (its agent, its pods'
+    /// workloads, etcd/apiserver on a first node) and keeps them stopped until
+    /// [`Lab::start_node`]. The namespaces stay. Returns the ids it stopped.
+    pub fn stop_node(&self, cluster: &str, node: &str) -> Result<Vec<String>, LabError> {
+        self.node(cluster, node)?;
+        let procs = self.processes();
+        let ids: Vec<String> = procs
+            .list()
+            .into_iter()
+            .filter(|p| p.spec.cluster == cluster && p.spec.node == node)
+            .map(|p| p.spec.id)
+            .collect();
+        for id in &ids {
+            procs.stop(id)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ids.iter().any(|id| {
+            procs
+                .status(id)
+                .is_some_and(|s| s.state == RunState::Running)
+        }) {
+            if Instant::now() > deadline {
+                return Err(LabError::NotReady {
+                    what: format!("stopping the processes of node {cluster}/{node}"),
+                    secs: 10,
+                    log: procs.daemon_log_path(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(ids)
+    }
+
+    /// Lets every stopped process of a node run again. Returns their ids.
+    pub fn start_node(&self, cluster: &str, node: &str) -> Result<Vec<String>, LabError> {
+        self.node(cluster, node)?;
+        let procs = self.processes();
+        let mut ids = Vec::new();
+        for p in procs.list() {
+            if p.spec.cluster == cluster && p.spec.node == node && p.stop_requested {
+                procs.start(&p.spec.id)?;
+                ids.push(p.spec.id);
+            }
+        }
+        Ok(ids)
     }
 
     pub fn cluster(&self, name: &str) -> Result<&ClusterPlan, LabError> {
@@ -1219,4 +1270,46 @@ pub fn list_labs() -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// A lab that is taken down when dropped (also when a test panics): for tests that stand on
+/// the lab. Derefs to [`Lab`].
+#[derive(Debug)]
+pub struct LabGuard {
+    lab: Lab,
+}
+
+impl LabGuard {
+    /// Brings the lab up; if that fails, whatever was built is removed before the error returns.
+    pub fn up(config: &LabConfig, topology: &Topology) -> Result<LabGuard, LabError> {
+        match Lab::up(config, topology) {
+            Ok(lab) => Ok(LabGuard { lab }),
+            Err(err) => {
+                let _ = down(&config.name, &config.state_dir);
+                Err(err)
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for LabGuard {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl std::ops::DerefMut for LabGuard {
+    fn deref_mut(&mut self) -> &mut Lab {
+        &mut self.lab
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let state = self.lab.state();
+        if let Err(err) = down(&state.name, &state.state_dir) {
+            tracing::error!("taking down lab {} failed: {err}", state.name);
+        }
+    }
 }

@@ -26,7 +26,8 @@
 //!   Namespace, Pod, Service and EndpointSlice YAML ([`manifests`]).
 //!
 //! [`Lab::deploy`] and [`Lab::scale`] run the [`echo`] server in pods; [`down`] removes
-//! everything, also after a crash.
+//! everything, also after a crash. Tests hold a [`LabGuard`], which takes the lab down when
+//! dropped, also when the test panics.
 //!
 //! # Components that come later
 //! The apiserver and the agent are not built yet. [`Lab::apiserver_spec`] and
@@ -55,4 +56,4 @@ pub mod state;
 pub mod supervisor;
 pub mod topology;
 
-pub use lab::{DeploySpec, Lab, LabConfig, LabError, down};
+pub use lab::{DeploySpec, Lab, LabConfig, LabError, LabGuard, down};

@@ -321,3 +321,45 @@ fn scale_adds_and_removes_pods_and_rewrites_the_endpoint_slice() {
     );
     assert!(t.lab.deploy(&DeploySpec::echo("north", "web", 1)).is_err());
 }
+
+#[test]
+fn a_stopped_node_stops_its_processes_and_comes_back() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestLab::up(None);
+    let pods = t.lab.deploy(&DeploySpec::echo("east", "echo", 2)).unwrap();
+    let (on_1, on_2) = if pods[0].node == "east-1" {
+        (&pods[0], &pods[1])
+    } else {
+        (&pods[1], &pods[0])
+    };
+    let client = t
+        .lab
+        .create_pod("east", Some("east-2"), "default", None)
+        .unwrap();
+    let ask = |p: &clustermesh_lab::state::PodRecord| {
+        ask_from(&client.netns, SocketAddr::from((p.ip, 8080)))
+    };
+
+    let stopped = t.lab.stop_node("east", "east-1").unwrap();
+    assert!(stopped.contains(&"east.etcd".to_owned()), "{stopped:?}");
+    assert!(stopped.contains(&on_1.process_id()), "{stopped:?}");
+    assert!(!stopped.contains(&on_2.process_id()), "{stopped:?}");
+    assert!(ask(on_1).is_err(), "east-1's pod must be down");
+    assert!(ask(on_2).is_ok(), "east-2's pod must still answer");
+    assert!(!t.lab.etcd_healthy("east").unwrap());
+
+    let started = t.lab.start_node("east", "east-1").unwrap();
+    assert_eq!(started.len(), stopped.len());
+    eventually(
+        "east-1's pod to answer again",
+        Duration::from_secs(10),
+        || ask(on_1).ok(),
+    );
+    eventually(
+        "east's etcd to be healthy again",
+        Duration::from_secs(20),
+        || t.lab.etcd_healthy("east").unwrap().then_some(()),
+    );
+}

@@ -43,14 +43,15 @@ use std::path::{Path, PathBuf};
 
 use clustermesh_lab::state::Helper;
 use clustermesh_lab::topology::Topology;
-use clustermesh_lab::{Lab, LabConfig};
+use clustermesh_lab::{LabConfig, LabGuard};
 
 /// A lab for one test: unique name, state in a temporary directory, taken down on drop
-/// (also when the test fails).
+/// (also when the test fails) by its [`LabGuard`].
 pub struct TestLab {
-    pub lab: Lab,
+    pub lab: LabGuard,
     pub name: String,
     pub state_dir: PathBuf,
+    // Dropped after `lab` (fields drop in order), so `down` still finds the state.
     _tmp: tempfile::TempDir,
 }
 
@@ -67,13 +68,7 @@ impl TestLab {
         let state_dir = tmp.path().join(&name);
         let mut config = test_config(&name, &state_dir);
         change(&mut config);
-        // If `up` fails half-way it cleans up itself; a guard still runs `down` to be sure.
-        let guard = DownGuard {
-            name: name.clone(),
-            state_dir: state_dir.clone(),
-        };
-        let lab = Lab::up(&config, &topology.unwrap_or_default()).expect("lab up");
-        std::mem::forget(guard);
+        let lab = LabGuard::up(&config, &topology.unwrap_or_default()).expect("lab up");
         TestLab {
             lab,
             name,
@@ -84,25 +79,6 @@ impl TestLab {
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        if let Err(err) = clustermesh_lab::down(&self.name, &self.state_dir) {
-            eprintln!("cleanup of lab {} failed: {err}", self.name);
-        }
-    }
-}
-
-struct DownGuard {
-    name: String,
-    state_dir: PathBuf,
-}
-
-impl Drop for DownGuard {
-    fn drop(&mut self) {
-        let _ = clustermesh_lab::down(&self.name, &self.state_dir);
     }
 }
 
