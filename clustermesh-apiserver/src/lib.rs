@@ -1,5 +1,9 @@
 //! The clustermesh-apiserver: one per cluster. It reads the cluster's Kubernetes objects from a
 //! `source`, publishes the global services, endpoints, identities and nodes into the cluster's
-//! own etcd, and mirrors every connected peer's published state into the local `cache/`.
+//! own etcd (`publish`), and mirrors every connected peer's published state into the local
+//! `cache/` (`mirror`). `app` wires them together; `config` is its command line.
 
+pub mod app;
+pub mod config;
+pub mod publish;
 pub mod source;

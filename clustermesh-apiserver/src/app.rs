@@ -1,0 +1,196 @@
+//! Wires the apiserver together: connect to the cluster's etcd, announce the cluster, keep a
+//! session, run the source, publish every new view, mirror the peers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clustermesh_model::{ClusterConfig, MaxConnectedClusters};
+use clustermesh_store::{HeartbeatWriter, Session, connect};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, SourceKind};
+use crate::publish::{PublishCounts, Publisher};
+use crate::source::{ClusterSource, ViewReceiver, manifests::ManifestsSource};
+
+/// Views arriving within this window are published in one pass.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// What the apiserver reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The first full view of every kind is published (and its synced markers written).
+    pub ready: bool,
+    pub published: PublishCounts,
+    pub last_error: Option<String>,
+}
+
+/// A running apiserver.
+pub struct Running {
+    status: watch::Receiver<Status>,
+    task: JoinHandle<()>,
+    source: JoinHandle<()>,
+    // Kept alive for as long as the apiserver runs.
+    _session: Arc<Session>,
+    _heartbeat: HeartbeatWriter,
+}
+
+impl Running {
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Waits until the first full view is published.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let mut status = self.status.clone();
+        match tokio::time::timeout(timeout, status.wait_for(|s| s.ready)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => bail!(
+                "not ready after {timeout:?}; last error: {:?}",
+                self.status.borrow().last_error
+            ),
+        }
+    }
+
+    /// Stops at once without revoking the lease: what it published stays until the lease
+    /// expires, so a successor started within the TTL takes over without a gap. (This is also
+    /// what a crash looks like to etcd.)
+    pub fn stop(self) {
+        self.task.abort();
+        self.source.abort();
+    }
+}
+
+/// Connects, announces the cluster and starts publishing. Returns once everything is started;
+/// errors here are configuration or connectivity problems worth failing the start for.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
+    let cluster = config.cluster.clone();
+    let schema = config.schema.clone();
+    let mut client = connect(&config.etcd)
+        .await
+        .context("connecting to this cluster's etcd")?;
+
+    let cluster_config = ClusterConfig {
+        cluster: cluster.name.clone(),
+        id: cluster.id,
+        max_connected_clusters: cluster.mesh,
+        synced_canaries: true,
+        ca_fingerprint: config.ca_fingerprint.clone(),
+    };
+    // Not under a lease: peers must be able to identify this cluster even while it restarts.
+    client
+        .put(
+            schema.cluster_config(&cluster.name),
+            cluster_config.to_json(),
+            None,
+        )
+        .await
+        .context("writing this cluster's config to etcd")?;
+    if cluster.mesh == MaxConnectedClusters::Max511 {
+        info!("mesh allows 511 clusters: identities use 15 cluster-local bits");
+    }
+
+    let session = Arc::new(
+        Session::start(client.clone(), config.lease_ttl)
+            .await
+            .context("starting the etcd session")?,
+    );
+    let heartbeat = HeartbeatWriter::start(
+        client.clone(),
+        &session,
+        schema.heartbeat(),
+        cluster.clone(),
+        config.heartbeat_interval,
+    );
+    let publisher = Publisher::start(
+        client.clone(),
+        &session,
+        schema.clone(),
+        cluster.clone(),
+        config.identity_grace,
+    )
+    .await
+    .context("starting the publisher")?;
+
+    let source = match config.source {
+        SourceKind::Manifests => {
+            let dir = config
+                .manifests_dir
+                .clone()
+                .context("--manifests-dir is required with --source manifests")?;
+            ClusterSource::Manifests(ManifestsSource::new(dir))
+        }
+        SourceKind::Kubernetes => bail!(
+            "--source kubernetes is not built yet; use --source manifests with --manifests-dir"
+        ),
+    };
+    let (views_tx, views) = watch::channel(None);
+    let source = tokio::spawn(async move {
+        if let Err(e) = source.run(views_tx).await {
+            error!(error = %e, "the cluster source stopped");
+        }
+    });
+
+    let (status_tx, status) = watch::channel(Status::default());
+    // Passes also run without changes, so unused identities are released on time.
+    let resync = (config.identity_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let task = tokio::spawn(publish_loop(views, publisher, status_tx, resync));
+    Ok(Running {
+        status,
+        task,
+        source,
+        _session: session,
+        _heartbeat: heartbeat,
+    })
+}
+
+async fn publish_loop(
+    mut views: ViewReceiver,
+    mut publisher: Publisher,
+    status: watch::Sender<Status>,
+    resync: Duration,
+) {
+    loop {
+        tokio::select! {
+            changed = views.changed() => {
+                if changed.is_err() {
+                    warn!("the cluster source ended; publishing stops");
+                    return;
+                }
+                tokio::time::sleep(COALESCE).await;
+            }
+            _ = tokio::time::sleep(resync) => {}
+        }
+        let Some(view) = views.borrow_and_update().clone() else {
+            continue;
+        };
+        match publisher.publish(&view).await {
+            Ok(counts) => {
+                publisher.flush().await;
+                let ready = publisher.is_synced();
+                status.send_modify(|s| {
+                    if ready && !s.ready {
+                        info!("first full sync published; ready");
+                    }
+                    s.ready = ready;
+                    s.published = counts;
+                    s.last_error = None;
+                });
+            }
+            Err(e) => {
+                error!(error = %e, "publishing failed; will retry with the next change");
+                status.send_modify(|s| s.last_error = Some(e.to_string()));
+                // Retry the same view after a pause even if nothing changes.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                views.mark_changed();
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The apiserver's configuration: flags (with Kubernetes-style environment variables as
+//! defaults), checked once at start into a typed `Config` that names the bad setting if any.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use clustermesh_model::{ClusterId, ClusterName, ExpectedCluster, KeySchema, MaxConnectedClusters};
+use clustermesh_store::{EtcdConfig, TlsPaths};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A directory of Kubernetes YAML, watched for changes.
+    Manifests,
+    /// The Kubernetes API (in-cluster config, or --kubeconfig).
+    Kubernetes,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "clustermesh-apiserver",
+    version,
+    about = "Publishes this cluster's global services, endpoints, identities and nodes into its etcd, and mirrors every connected peer's state into the local cache",
+    long_about = None
+)]
+pub struct Args {
+    /// This cluster's name (lower-case letters, digits, '-'; at most 32 characters).
+    #[arg(long, env = "CLUSTER_NAME")]
+    pub cluster_name: String,
+    /// This cluster's ID, unique in the mesh: 1..=255 (or 1..=511 with --max-connected-clusters 511).
+    #[arg(long, env = "CLUSTER_ID")]
+    pub cluster_id: u32,
+    /// How many clusters the mesh may hold: 255 or 511 (511 halves each cluster's identities).
+    #[arg(long, env = "MAX_CONNECTED_CLUSTERS", default_value_t = 255)]
+    pub max_connected_clusters: u32,
+
+    /// This cluster's etcd client URLs, comma separated.
+    #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub etcd_endpoints: Vec<String>,
+    /// CA bundle that signs the etcd server certificate.
+    #[arg(long, env = "ETCD_CA", requires_all = ["etcd_cert", "etcd_key"])]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (its CN is the etcd user).
+    #[arg(long, env = "ETCD_CERT", requires_all = ["etcd_ca", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// Key of the client certificate.
+    #[arg(long, env = "ETCD_KEY", requires_all = ["etcd_ca", "etcd_cert"])]
+    pub etcd_key: Option<PathBuf>,
+    /// Root prefix of every key in etcd.
+    #[arg(long, env = "KVSTORE_PREFIX", default_value = clustermesh_model::keys::DEFAULT_ROOT)]
+    pub kvstore_prefix: String,
+
+    /// Where this cluster's Kubernetes objects come from.
+    #[arg(long, value_enum, default_value_t = SourceKind::Kubernetes)]
+    pub source: SourceKind,
+    /// Directory of Kubernetes YAML, for --source manifests.
+    #[arg(long, required_if_eq("source", "manifests"))]
+    pub manifests_dir: Option<PathBuf>,
+    /// kubeconfig for --source kubernetes (default: in-cluster config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context (default: the current one).
+    #[arg(long)]
+    pub kube_context: Option<String>,
+
+    /// Directory with one file per remote cluster to mirror (a mounted Secret in Kubernetes).
+    #[arg(long, env = "CLUSTERMESH_PEERS_DIR")]
+    pub peers_dir: Option<PathBuf>,
+    /// Drop a peer's mirrored state after it has been unreachable this long (default: keep it
+    /// until the peer is disconnected).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub peer_cache_ttl: Option<Duration>,
+
+    /// Lease TTL of published keys: how long they outlive a dead apiserver. A restart within it
+    /// is invisible to readers.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub lease_ttl: Duration,
+    /// How long an identity no pod uses keeps its ID before it is released.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub identity_grace: Duration,
+    /// How often the heartbeat key is rewritten.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub heartbeat_interval: Duration,
+    /// The cluster's CA certificate; its fingerprint is published in the cluster config so
+    /// peers can check they trust the right CA.
+    #[arg(long)]
+    pub cluster_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--cluster-name: {0}")]
+    ClusterName(clustermesh_model::ClusterError),
+    #[error("--max-connected-clusters: {0}")]
+    MaxConnected(clustermesh_model::ClusterError),
+    #[error("--cluster-id: {0}")]
+    ClusterId(clustermesh_model::ClusterError),
+    #[error("--kvstore-prefix: {0}")]
+    Prefix(clustermesh_model::KeyError),
+    #[error("--lease-ttl must be at least 2s (etcd's shortest lease), not {0:?}")]
+    LeaseTtl(Duration),
+    #[error("--cluster-ca {path}: {reason}")]
+    ClusterCa { path: PathBuf, reason: String },
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    #[serde(skip)]
+    pub cluster: ExpectedCluster,
+    pub cluster_name: String,
+    pub cluster_id: u16,
+    pub max_connected_clusters: u32,
+    pub etcd: EtcdConfig,
+    #[serde(skip)]
+    pub schema: KeySchema,
+    pub kvstore_prefix: String,
+    pub source: SourceKind,
+    pub manifests_dir: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+    pub kube_context: Option<String>,
+    pub peers_dir: Option<PathBuf>,
+    #[serde(with = "humantime_serde_opt")]
+    pub peer_cache_ttl: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub identity_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// `sha256:<hex>` of the cluster CA, when given.
+    pub ca_fingerprint: Option<String>,
+}
+
+mod humantime_serde {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+mod humantime_serde_opt {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let mesh = MaxConnectedClusters::try_from(args.max_connected_clusters)
+            .map_err(ConfigError::MaxConnected)?;
+        let name = ClusterName::new(args.cluster_name).map_err(ConfigError::ClusterName)?;
+        let id = ClusterId::new(args.cluster_id, mesh).map_err(ConfigError::ClusterId)?;
+        let schema = KeySchema::new(&args.kvstore_prefix).map_err(ConfigError::Prefix)?;
+        if args.lease_ttl < Duration::from_secs(2) {
+            return Err(ConfigError::LeaseTtl(args.lease_ttl));
+        }
+        let tls = match (args.etcd_ca, args.etcd_cert, args.etcd_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(TlsPaths { ca, cert, key }),
+            _ => None,
+        };
+        let ca_fingerprint = args
+            .cluster_ca
+            .as_deref()
+            .map(|path| {
+                certificate_fingerprint(path).map_err(|reason| ConfigError::ClusterCa {
+                    path: path.to_owned(),
+                    reason,
+                })
+            })
+            .transpose()?;
+        Ok(Config {
+            cluster_name: name.to_string(),
+            cluster_id: id.get(),
+            max_connected_clusters: args.max_connected_clusters,
+            cluster: ExpectedCluster { name, id, mesh },
+            etcd: EtcdConfig {
+                endpoints: args.etcd_endpoints,
+                tls,
+                connect_timeout: Duration::from_secs(5),
+            },
+            schema,
+            kvstore_prefix: args.kvstore_prefix,
+            source: args.source,
+            manifests_dir: args.manifests_dir,
+            kubeconfig: args.kubeconfig,
+            kube_context: args.kube_context,
+            peers_dir: args.peers_dir,
+            peer_cache_ttl: args.peer_cache_ttl,
+            lease_ttl: args.lease_ttl,
+            identity_grace: args.identity_grace,
+            heartbeat_interval: args.heartbeat_interval,
+            ca_fingerprint,
+        })
+    }
+}
+
+/// `sha256:<hex>` of the first certificate in a PEM file.
+pub fn certificate_fingerprint(path: &std::path::Path) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let block = x509_parser::pem::Pem::iter_from_buffer(&pem)
+        .next()
+        .ok_or("no PEM certificate in the file")?
+        .map_err(|e| e.to_string())?;
+    let digest = Sha256::digest(&block.contents);
+    Ok(format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec![
+            "clustermesh-apiserver",
+            "--cluster-name=east",
+            "--cluster-id=1",
+            "--etcd-endpoints=http://127.0.0.1:2379",
+            "--source=manifests",
+            "--manifests-dir=/tmp",
+        ];
+        // An extra flag replaces the base one of the same name.
+        argv.retain(|a| {
+            let flag = a.split('=').next().unwrap_or_default();
+            !extra.iter().any(|e| e.starts_with(&format!("{flag}=")))
+        });
+        argv.extend(extra);
+        let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_bad_setting_is_named_in_the_error() {
+        assert!(args(&[]).is_ok());
+        let err = args(&["--cluster-id=300"]).unwrap_err();
+        assert!(err.starts_with("--cluster-id:"), "{err}");
+        let err = args(&["--cluster-name=East_1"]).unwrap_err();
+        assert!(err.starts_with("--cluster-name:"), "{err}");
+        let err = args(&["--lease-ttl=1s"]).unwrap_err();
+        assert!(err.contains("--lease-ttl"), "{err}");
+        let err = args(&["--lease-ttl=soon"]).unwrap_err();
+        assert!(err.contains("--lease-ttl"), "{err}");
+        let err = args(&["--etcd-ca=/x"]).unwrap_err();
+        assert!(err.contains("--etcd-cert"), "{err}");
+        assert!(args(&["--cluster-id=300", "--max-connected-clusters=511"]).is_ok());
+    }
+}

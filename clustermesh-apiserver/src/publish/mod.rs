@@ -1,0 +1,229 @@
+//! Publishing this cluster's state into its own etcd: global services (shared ones under
+//! `state/`, unshared ones under `local/`), endpoints, identities and nodes, each kind through
+//! its own sync writer under the session lease, with a `synced/` marker once the first full view
+//! is in. Each pass recomputes the whole desired state from the latest view; the writers turn
+//! that into the minimal set of etcd writes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clustermesh_model::{
+    Endpoint, ExpectedCluster, Identity, KeySchema, Kind, Marker, ObjectName, is_dns_label,
+    is_dns_subdomain,
+};
+use clustermesh_store::{
+    Client, Session, SyncWriter, SyncWriterConfig, WriterError, unix_millis_now,
+};
+use tracing::{debug, warn};
+
+use crate::source::ClusterObjects;
+
+pub mod identities;
+pub mod translate;
+
+use identities::{IdentityAllocator, IdentityError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Identities(#[from] IdentityError),
+    #[error("internal error: {0}")]
+    Writer(#[from] WriterError),
+}
+
+/// What the last pass published, for status output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishCounts {
+    pub services: usize,
+    pub local_services: usize,
+    pub endpoints: usize,
+    pub identities: usize,
+    pub nodes: usize,
+    /// Problems found in the Kubernetes objects (bad annotations, unusable addresses).
+    pub problems: Vec<String>,
+}
+
+pub struct Publisher {
+    cluster: ExpectedCluster,
+    schema: KeySchema,
+    services: SyncWriter,
+    endpoints: SyncWriter,
+    identities: SyncWriter,
+    nodes: SyncWriter,
+    allocator: IdentityAllocator,
+    synced: bool,
+}
+
+impl Publisher {
+    pub async fn start(
+        client: Client,
+        session: &Session,
+        schema: KeySchema,
+        cluster: ExpectedCluster,
+        identity_grace: Duration,
+    ) -> Result<Self, PublishError> {
+        let marker = Marker {
+            cluster: cluster.name.clone(),
+            cluster_id: cluster.id,
+            unix_millis: unix_millis_now(),
+        }
+        .to_json();
+        let writer = |kind: Kind, prefixes: Vec<String>| {
+            SyncWriter::start(
+                client.clone(),
+                session,
+                SyncWriterConfig {
+                    prefixes,
+                    synced_key: schema.synced(&cluster.name, kind),
+                    synced_value: marker.clone(),
+                },
+            )
+        };
+        let state = |kind| schema.state_prefix(kind, &cluster.name);
+        Ok(Self {
+            services: writer(
+                Kind::Services,
+                vec![
+                    state(Kind::Services),
+                    schema.local_prefix(Kind::Services, &cluster.name),
+                ],
+            ),
+            endpoints: writer(Kind::Endpoints, vec![state(Kind::Endpoints)]),
+            identities: writer(Kind::Identities, vec![state(Kind::Identities)]),
+            nodes: writer(Kind::Nodes, vec![state(Kind::Nodes)]),
+            allocator: IdentityAllocator::load(
+                client.clone(),
+                schema.clone(),
+                cluster.clone(),
+                identity_grace,
+            )
+            .await?,
+            cluster,
+            schema,
+            synced: false,
+        })
+    }
+
+    /// Makes etcd match `view`. The first call also marks every kind synced, which lets the
+    /// writers delete what an earlier run left behind.
+    pub async fn publish(&mut self, view: &ClusterObjects) -> Result<PublishCounts, PublishError> {
+        let mut counts = PublishCounts::default();
+        let cluster = &self.cluster;
+        let schema = &self.schema;
+
+        let mut services = BTreeMap::new();
+        for svc in translate::global_services(view, cluster, &mut counts.problems) {
+            let object = ObjectName::Service {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            };
+            let key = if svc.shared {
+                counts.services += 1;
+                schema.state(&cluster.name, &object)
+            } else {
+                counts.local_services += 1;
+                schema.local(&cluster.name, &object)
+            };
+            services.insert(key, svc.to_json());
+        }
+
+        let pods = translate::pod_endpoints(view);
+        self.allocator
+            .sync(&translate::wanted_label_sets(&pods))
+            .await?;
+        let allocations = self.allocator.allocations();
+
+        let mut endpoints = BTreeMap::new();
+        for pod in &pods {
+            let Some(identity) = allocations.get(&pod.labels).copied() else {
+                continue;
+            };
+            if !is_dns_subdomain(pod.node)
+                || !is_dns_label(pod.namespace)
+                || !is_dns_subdomain(pod.name)
+            {
+                counts.problems.push(format!(
+                    "pod {}/{}: node, namespace or name is not a valid DNS name; not published",
+                    pod.namespace, pod.name
+                ));
+                continue;
+            }
+            for ip in &pod.ips {
+                let endpoint = Endpoint {
+                    cluster: cluster.name.clone(),
+                    cluster_id: cluster.id,
+                    ip: *ip,
+                    identity,
+                    node: pod.node.to_owned(),
+                    host_ip: pod.host_ip,
+                    namespace: pod.namespace.to_owned(),
+                    pod: pod.name.to_owned(),
+                };
+                let key = schema.state(&cluster.name, &ObjectName::Endpoint(*ip));
+                endpoints.insert(key, endpoint.to_json());
+            }
+        }
+        counts.endpoints = endpoints.len();
+
+        let identities: BTreeMap<String, Vec<u8>> = allocations
+            .iter()
+            .map(|(labels, id)| {
+                let identity = Identity {
+                    cluster: cluster.name.clone(),
+                    cluster_id: cluster.id,
+                    id: *id,
+                    labels: labels.clone(),
+                };
+                let key = schema.state(&cluster.name, &ObjectName::Identity(id.get()));
+                (key, identity.to_json())
+            })
+            .collect();
+        counts.identities = identities.len();
+
+        let nodes: BTreeMap<String, Vec<u8>> = translate::nodes(view, cluster)
+            .into_iter()
+            .map(|node| {
+                let key = schema.state(&cluster.name, &ObjectName::Node(node.name.clone()));
+                (key, node.to_json())
+            })
+            .collect();
+        counts.nodes = nodes.len();
+
+        self.services.replace_all(services)?;
+        self.endpoints.replace_all(endpoints)?;
+        self.identities.replace_all(identities)?;
+        self.nodes.replace_all(nodes)?;
+        if !self.synced {
+            for writer in self.writers() {
+                writer.mark_synced();
+            }
+            self.synced = true;
+        }
+        for problem in &counts.problems {
+            warn!(%problem, "kubernetes object not published as is");
+        }
+        debug!(?counts, "published");
+        Ok(counts)
+    }
+
+    fn writers(&self) -> [&SyncWriter; 4] {
+        [
+            &self.services,
+            &self.endpoints,
+            &self.identities,
+            &self.nodes,
+        ]
+    }
+
+    /// Waits until everything published so far is in etcd.
+    pub async fn flush(&self) {
+        for writer in self.writers() {
+            writer.flush().await;
+        }
+    }
+
+    /// True once every kind's first full sync and marker are written.
+    pub fn is_synced(&self) -> bool {
+        self.writers().iter().all(|w| w.status().synced)
+    }
+}
