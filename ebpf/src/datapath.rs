@@ -3,7 +3,8 @@
 //! Pin layout under [`DatapathConfig::pin_dir`]:
 //!
 //! ```text
-//! <pin_dir>/maps/{services,backend_slots,affinity,reverse_nat,mesh_vip_ranges,tunnel_listeners}
+//! <pin_dir>/maps/{services,backend_slots,affinity,reverse_nat,connected_sockets,
+//!                 mesh_vip_ranges,tunnel_listeners}
 //! <pin_dir>/links/{connect4,connect6,sendmsg4,sendmsg6,recvmsg4,recvmsg6,getpeername4,getpeername6}
 //! <pin_dir>/links/mesh_vip_lookup
 //! ```
@@ -34,7 +35,8 @@ use crate::{
     DatapathError,
     maps::{
         AffinityKey, AffinityValue, Backend, BackendSlotKey, MeshVipRangeAddr, ReverseNatKey,
-        ServiceKey, ServiceValue, TUNNEL_LISTENER_IPV4, TUNNEL_LISTENER_IPV6, names,
+        ServiceKey, ServiceValue, SockTranslation, TUNNEL_LISTENER_IPV4, TUNNEL_LISTENER_IPV6,
+        names,
     },
     service::{Frontend, Service, SessionAffinity},
     sys::{self, LinkTarget},
@@ -520,7 +522,7 @@ fn affinity_timeout_sec(affinity: SessionAffinity) -> u32 {
 /// garbage. The kernel checks nothing when a pinned map is reused.
 fn check_pinned_maps(maps_dir: &Path) -> Result<(), DatapathError> {
     use std::mem::size_of;
-    let expected: [(&str, usize, usize); 6] = [
+    let expected: [(&str, usize, usize); 7] = [
         (
             names::SERVICES,
             size_of::<ServiceKey>(),
@@ -540,6 +542,11 @@ fn check_pinned_maps(maps_dir: &Path) -> Result<(), DatapathError> {
             names::REVERSE_NAT,
             size_of::<ReverseNatKey>(),
             size_of::<ServiceKey>(),
+        ),
+        (
+            names::CONNECTED_SOCKETS,
+            size_of::<i32>(),
+            size_of::<SockTranslation>(),
         ),
         (
             names::MESH_VIP_RANGES,

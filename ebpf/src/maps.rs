@@ -14,14 +14,16 @@ pub(crate) mod names {
     pub(crate) const BACKEND_SLOTS: &str = "backend_slots";
     pub(crate) const AFFINITY: &str = "affinity";
     pub(crate) const REVERSE_NAT: &str = "reverse_nat";
+    pub(crate) const CONNECTED_SOCKETS: &str = "connected_sockets";
     pub(crate) const MESH_VIP_RANGES: &str = "mesh_vip_ranges";
     pub(crate) const TUNNEL_LISTENERS: &str = "tunnel_listeners";
 
-    pub(crate) const ALL: [&str; 6] = [
+    pub(crate) const ALL: [&str; 7] = [
         SERVICES,
         BACKEND_SLOTS,
         AFFINITY,
         REVERSE_NAT,
+        CONNECTED_SOCKETS,
         MESH_VIP_RANGES,
         TUNNEL_LISTENERS,
     ];
@@ -146,6 +148,16 @@ pub(crate) struct ReverseNatKey {
     pub(crate) pad: u32,
 }
 
+/// `struct sock_translation`, the value of the socket-local `connected_sockets` storage. Only
+/// the programs use it; it is mirrored so that the layout test covers it and the pinned-map
+/// check knows its size.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SockTranslation {
+    pub(crate) backend: Backend,
+    pub(crate) service: ServiceKey,
+}
+
 /// `struct mesh_vip_range_key` without its leading `prefixlen`, which aya's
 /// `lpm_trie::Key` adds; the value is a `u8`, always 1.
 #[repr(C)]
@@ -226,6 +238,7 @@ mod tests {
             ("affinity_key", &["netns_cookie", "service", "pad"]),
             ("affinity_value", &["backend", "pad", "last_used_ns"]),
             ("reverse_nat_key", &["socket_cookie", "backend", "pad"]),
+            ("sock_translation", &["backend", "service"]),
             ("mesh_vip_range_key", &["prefixlen", "addr"]),
         ];
         let mut program = String::from(
@@ -310,6 +323,7 @@ mod tests {
             ReverseNatKey,
             [socket_cookie, backend, pad]
         );
+        layout!("sock_translation", SockTranslation, [backend, service]);
         // aya's lpm_trie::Key<T> is `#[repr(C, packed)] { prefix_len: u32, data: T }`.
         put(
             "mesh_vip_range_key",

@@ -49,6 +49,16 @@ struct {
 	__type(value, struct service_key);
 } reverse_nat SEC(".maps");
 
+/* Socket-local storage rather than another LRU entry: creating it is several
+ * times cheaper than an LRU insert with eviction on every connect(), and it
+ * lives exactly as long as the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_translation);
+} connected_sockets SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -115,16 +125,18 @@ enum lookup_result {
 };
 
 static __always_inline enum lookup_result
-pick_from_slots(struct bpf_sock_addr *ctx, const struct service_key *service,
+pick_from_slots(const struct service_key *service, const struct service_value *value,
 		struct backend *picked)
 {
 	/* Two tries: userspace may flip the service to its other bank and
-	 * delete the old one between our two lookups; the second lookup then
-	 * sees the new bank. */
+	 * delete the old one between our lookups of the service and the slot;
+	 * looking the service up again then finds the new bank. */
 	for (int attempt = 0; attempt < 2; attempt++) {
-		struct service_value *value = bpf_map_lookup_elem(&services, service);
-		if (!value)
-			return attempt == 0 ? NOT_A_SERVICE : NO_BACKEND;
+		if (attempt > 0) {
+			value = bpf_map_lookup_elem(&services, service);
+			if (!value)
+				return NO_BACKEND;
+		}
 		__u16 count = value->backend_count;
 		if (count == 0)
 			return NO_BACKEND;
@@ -151,7 +163,7 @@ select_backend(struct bpf_sock_addr *ctx, const struct service_key *service,
 		return NOT_A_SERVICE;
 	__u32 timeout_sec = value->affinity_timeout_sec;
 	if (timeout_sec == 0)
-		return pick_from_slots(ctx, service, picked);
+		return pick_from_slots(service, value, picked);
 
 	struct affinity_key key = {
 		.netns_cookie = bpf_get_netns_cookie(ctx),
@@ -165,7 +177,7 @@ select_backend(struct bpf_sock_addr *ctx, const struct service_key *service,
 		*picked = remembered->backend;
 		return BACKEND_FOUND;
 	}
-	enum lookup_result result = pick_from_slots(ctx, service, picked);
+	enum lookup_result result = pick_from_slots(service, value, picked);
 	if (result == BACKEND_FOUND) {
 		struct affinity_value fresh = { .backend = *picked, .last_used_ns = now };
 		bpf_map_update_elem(&affinity, &key, &fresh, BPF_ANY);
@@ -173,20 +185,81 @@ select_backend(struct bpf_sock_addr *ctx, const struct service_key *service,
 	return result;
 }
 
-static __always_inline void remember_translation(struct bpf_sock_addr *ctx,
+/* --- remembering translations for the reverse direction ------------------- */
+
+/* Compares two structs of 20 bytes (backend, service_key) as 32-bit words. */
+static __always_inline int equal20(const void *a, const void *b)
+{
+	__u32 x[5], y[5];
+	__builtin_memcpy(x, a, 20);
+	__builtin_memcpy(y, b, 20);
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+enum socket_kind {
+	CONNECTING, /* connect(): the socket's one peer from now on */
+	SENDING, /* sendmsg() on an unconnected UDP socket: one of many peers */
+};
+
+static __always_inline void remember_translation(struct bpf_sock_addr *ctx, enum socket_kind kind,
 						 const struct service_key *service,
 						 const struct backend *backend)
 {
+	if (kind == CONNECTING) {
+		struct bpf_sock *sk = ctx->sk;
+		if (!sk)
+			return;
+		struct sock_translation *translation = bpf_sk_storage_get(
+			&connected_sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (translation) {
+			translation->backend = *backend;
+			translation->service = *service;
+		}
+		return;
+	}
 	struct reverse_nat_key key = {
 		.socket_cookie = bpf_get_socket_cookie(ctx),
 		.backend = *backend,
 	};
+	/* A socket sending many datagrams to one service keeps hitting the same
+	 * few entries; skip the (costly) LRU update when nothing changes. */
+	struct service_key *known = bpf_map_lookup_elem(&reverse_nat, &key);
+	if (known && equal20(known, service))
+		return;
 	bpf_map_update_elem(&reverse_nat, &key, service, BPF_ANY);
+}
+
+/* A UDP socket connected to a service and then re-connected elsewhere must not
+ * keep showing the old VIP. TCP sockets connect once. */
+static __always_inline void forget_connected_translation(struct bpf_sock_addr *ctx,
+							 enum socket_kind kind)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (kind == CONNECTING && ctx->protocol == IPPROTO_UDP && sk)
+		bpf_sk_storage_delete(&connected_sockets, sk);
+}
+
+/* The VIP a reply from `peer` should appear to come from, if any. */
+static __always_inline const struct service_key *
+find_translation(struct bpf_sock_addr *ctx, const struct backend *peer)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (sk) {
+		struct sock_translation *translation =
+			bpf_sk_storage_get(&connected_sockets, sk, 0, 0);
+		if (translation && equal20(&translation->backend, peer))
+			return &translation->service;
+	}
+	struct reverse_nat_key key = {
+		.socket_cookie = bpf_get_socket_cookie(ctx),
+		.backend = *peer,
+	};
+	return bpf_map_lookup_elem(&reverse_nat, &key);
 }
 
 /* --- forward translation: connect and sendmsg ----------------------------- */
 
-static __always_inline int translate4(struct bpf_sock_addr *ctx)
+static __always_inline int translate4(struct bpf_sock_addr *ctx, enum socket_kind kind)
 {
 	__u32 protocol = ctx->protocol;
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
@@ -200,6 +273,7 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx)
 	struct backend backend = {};
 	switch (select_backend(ctx, &service, &backend)) {
 	case NOT_A_SERVICE:
+		forget_connected_translation(ctx, kind);
 		return SOCK_ALLOW;
 	case NO_BACKEND:
 		return SOCK_REJECT;
@@ -212,11 +286,11 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx)
 		return SOCK_REJECT;
 	ctx->user_ip4 = addr_to_ip4(backend.addr);
 	ctx->user_port = backend.port_be;
-	remember_translation(ctx, &service, &backend);
+	remember_translation(ctx, kind, &service, &backend);
 	return SOCK_ALLOW;
 }
 
-static __always_inline int translate6(struct bpf_sock_addr *ctx)
+static __always_inline int translate6(struct bpf_sock_addr *ctx, enum socket_kind kind)
 {
 	__u32 protocol = ctx->protocol;
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
@@ -230,6 +304,7 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx)
 	struct backend backend = {};
 	switch (select_backend(ctx, &service, &backend)) {
 	case NOT_A_SERVICE:
+		forget_connected_translation(ctx, kind);
 		return SOCK_ALLOW;
 	case NO_BACKEND:
 		return SOCK_REJECT;
@@ -238,45 +313,42 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx)
 	}
 	addr_to_ctx6(ctx, backend.addr);
 	ctx->user_port = backend.port_be;
-	remember_translation(ctx, &service, &backend);
+	remember_translation(ctx, kind, &service, &backend);
 	return SOCK_ALLOW;
 }
 
 SEC("cgroup/connect4")
 int connect4(struct bpf_sock_addr *ctx)
 {
-	return translate4(ctx);
+	return translate4(ctx, CONNECTING);
 }
 
 SEC("cgroup/connect6")
 int connect6(struct bpf_sock_addr *ctx)
 {
-	return translate6(ctx);
+	return translate6(ctx, CONNECTING);
 }
 
 /* Unconnected UDP: every sendto() to a VIP picks a backend. */
 SEC("cgroup/sendmsg4")
 int sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return translate4(ctx);
+	return translate4(ctx, SENDING);
 }
 
 SEC("cgroup/sendmsg6")
 int sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return translate6(ctx);
+	return translate6(ctx, SENDING);
 }
 
 /* --- reverse translation: recvmsg and getpeername ------------------------- */
 
 static __always_inline void untranslate4(struct bpf_sock_addr *ctx)
 {
-	struct reverse_nat_key key = {
-		.socket_cookie = bpf_get_socket_cookie(ctx),
-		.backend = { .port_be = (__u16)ctx->user_port },
-	};
-	addr_from_ip4(key.backend.addr, ctx->user_ip4);
-	struct service_key *service = bpf_map_lookup_elem(&reverse_nat, &key);
+	struct backend peer = { .port_be = (__u16)ctx->user_port };
+	addr_from_ip4(peer.addr, ctx->user_ip4);
+	const struct service_key *service = find_translation(ctx, &peer);
 	if (!service || !addr_is_ip4(service->addr))
 		return;
 	ctx->user_ip4 = addr_to_ip4(service->addr);
@@ -285,12 +357,9 @@ static __always_inline void untranslate4(struct bpf_sock_addr *ctx)
 
 static __always_inline void untranslate6(struct bpf_sock_addr *ctx)
 {
-	struct reverse_nat_key key = {
-		.socket_cookie = bpf_get_socket_cookie(ctx),
-		.backend = { .port_be = (__u16)ctx->user_port },
-	};
-	addr_from_ctx6(key.backend.addr, ctx);
-	struct service_key *service = bpf_map_lookup_elem(&reverse_nat, &key);
+	struct backend peer = { .port_be = (__u16)ctx->user_port };
+	addr_from_ctx6(peer.addr, ctx);
+	const struct service_key *service = find_translation(ctx, &peer);
 	if (!service)
 		return;
 	addr_to_ctx6(ctx, service->addr);

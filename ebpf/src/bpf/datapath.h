@@ -63,13 +63,21 @@ struct affinity_value {
 	__u64 last_used_ns; /* bpf_ktime_get_ns() */
 };
 
-/* Key of `reverse_nat` (LRU): a socket that was translated, and the backend
- * it was sent to. The value is the service_key the application dialed, used
- * by recvmsg and getpeername to show the VIP instead of the backend. */
+/* Key of `reverse_nat` (LRU), for unconnected UDP: a socket that sent to a
+ * service, and the backend the datagram went to. The value is the service_key
+ * the application addressed, used by recvmsg to show the VIP as the source of
+ * replies. Connected sockets use `connected_sockets` instead. */
 struct reverse_nat_key {
 	__u64 socket_cookie;
 	struct backend backend;
 	__u32 pad;
+};
+
+/* Value of `connected_sockets` (socket-local storage): what a connected socket
+ * (TCP, or UDP after connect()) was translated to. Freed with the socket. */
+struct sock_translation {
+	struct backend backend;
+	struct service_key service;
 };
 
 /* Key of `mesh_vip_ranges` (LPM trie); the value is a __u8, always 1. */
