@@ -1,0 +1,868 @@
+//! A **test double** of the Kubernetes API server. It is not a Kubernetes API server and must
+//! never be deployed as one: no authentication, no admission, no validation, no persistence.
+//!
+//! It exists because the machines this project is built and tested on cannot run a real API
+//! server, and the `kubernetes` cluster source must still be tested over real HTTP with the real
+//! kube-rs client. It speaks the part of the API that kube-runtime's watcher uses, for the five
+//! kinds the apiserver publishes from (Services, EndpointSlices, Pods, Nodes, Namespaces):
+//!
+//! - `GET` of a collection (`/api/v1/services`, `/api/v1/namespaces/{ns}/services`,
+//!   `/apis/discovery.k8s.io/v1/endpointslices`, ...) returns a list whose
+//!   `metadata.resourceVersion` is the server's current resource version;
+//! - the same with `?watch=true&resourceVersion=N` streams newline-delimited watch events
+//!   (`ADDED`, `MODIFIED`, `DELETED`, and `BOOKMARK` when `allowWatchBookmarks=true`) from the
+//!   retained history after `N`, then live;
+//! - a watch from a resource version older than the retained history gets what a real API
+//!   server sends: HTTP 200 with one `ERROR` event carrying a `Status` with code 410 and reason
+//!   `Expired`. (kube-runtime re-lists on that event; it would retry a bare HTTP 410 forever with
+//!   the same resource version, so the bare status is not what we serve.)
+//! - `GET` of one object by name.
+//!
+//! Tests drive it in-process: [`FakeKubeApiServer::apply`], [`FakeKubeApiServer::delete`],
+//! [`FakeKubeApiServer::compact_history`], [`FakeKubeApiServer::break_watches`],
+//! [`FakeKubeApiServer::refuse_watches`], [`FakeKubeApiServer::forbid`], and get a client with
+//! [`FakeKubeApiServer::client`] or a kubeconfig with [`FakeKubeApiServer::write_kubeconfig`].
+//! It serves plain HTTP on 127.0.0.1 on a free port.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// The kinds the fake serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceKind {
+    Service,
+    EndpointSlice,
+    Pod,
+    Node,
+    Namespace,
+}
+
+impl ResourceKind {
+    pub const ALL: [ResourceKind; 5] = [
+        ResourceKind::Service,
+        ResourceKind::EndpointSlice,
+        ResourceKind::Pod,
+        ResourceKind::Node,
+        ResourceKind::Namespace,
+    ];
+
+    /// The kind of a k8s-openapi type, if the fake serves it.
+    pub fn of<K: k8s_openapi::Resource>() -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.group() == K::GROUP && kind.kind() == K::KIND)
+    }
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            ResourceKind::Service => "Service",
+            ResourceKind::EndpointSlice => "EndpointSlice",
+            ResourceKind::Pod => "Pod",
+            ResourceKind::Node => "Node",
+            ResourceKind::Namespace => "Namespace",
+        }
+    }
+
+    pub fn plural(self) -> &'static str {
+        match self {
+            ResourceKind::Service => "services",
+            ResourceKind::EndpointSlice => "endpointslices",
+            ResourceKind::Pod => "pods",
+            ResourceKind::Node => "nodes",
+            ResourceKind::Namespace => "namespaces",
+        }
+    }
+
+    pub fn group(self) -> &'static str {
+        match self {
+            ResourceKind::EndpointSlice => "discovery.k8s.io",
+            _ => "",
+        }
+    }
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            ResourceKind::EndpointSlice => "discovery.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    pub fn namespaced(self) -> bool {
+        matches!(
+            self,
+            ResourceKind::Service | ResourceKind::EndpointSlice | ResourceKind::Pod
+        )
+    }
+
+    fn from_path(group: &str, plural: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.group() == group && kind.plural() == plural)
+    }
+}
+
+/// Knobs a test may turn before the server starts.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How many events the server keeps for watches to resume from. A watch from a resource
+    /// version older than the oldest retained event gets 410 Expired.
+    pub history_window: usize,
+    /// How often an open watch that asked for bookmarks gets one (only when its position moved).
+    pub bookmark_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            history_window: 10_000,
+            bookmark_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The running test double. Dropping it stops the server and ends every open watch.
+pub struct FakeKubeApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    /// Every change, sent while the store lock is held so that a watch that subscribes under
+    /// the same lock sees each event exactly once: from history or from here.
+    events: broadcast::Sender<StoredEvent>,
+    /// Bumped by `break_watches`; every open watch ends its connection when it changes.
+    watch_generation: watch::Sender<u64>,
+    bookmark_interval: Duration,
+    list_requests: Mutex<HashMap<ResourceKind, u64>>,
+    expired_watches: AtomicU64,
+    open_watches: AtomicUsize,
+}
+
+struct Store {
+    resource_version: u64,
+    objects: BTreeMap<(ResourceKind, String, String), Value>,
+    history: VecDeque<StoredEvent>,
+    history_window: usize,
+    /// Watches from a resource version below this get 410 Expired: the events after it are gone.
+    compacted_through: u64,
+    refuse_watches: bool,
+    forbidden: BTreeSet<ResourceKind>,
+}
+
+#[derive(Clone)]
+struct StoredEvent {
+    resource_version: u64,
+    kind: ResourceKind,
+    namespace: String,
+    event_type: &'static str,
+    object: Arc<Value>,
+}
+
+impl Store {
+    fn record(&mut self, event: StoredEvent, events: &broadcast::Sender<StoredEvent>) {
+        self.history.push_back(event.clone());
+        while self.history.len() > self.history_window {
+            if let Some(dropped) = self.history.pop_front() {
+                self.compacted_through = dropped.resource_version;
+            }
+        }
+        // No receiver is fine: nobody is watching.
+        let _ = events.send(event);
+    }
+}
+
+impl FakeKubeApiServer {
+    /// Starts the fake with default settings on 127.0.0.1 and a free port.
+    pub async fn start() -> Self {
+        Self::start_with(Settings::default()).await
+    }
+
+    pub async fn start_with(settings: Settings) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        let (watch_generation, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store {
+                resource_version: 1,
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                history_window: settings.history_window,
+                compacted_through: 0,
+                refuse_watches: false,
+                forbidden: BTreeSet::new(),
+            }),
+            events,
+            watch_generation,
+            bookmark_interval: settings.bookmark_interval,
+            list_requests: Mutex::new(HashMap::new()),
+            expired_watches: AtomicU64::new(0),
+            open_watches: AtomicUsize::new(0),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake API server on 127.0.0.1");
+        let addr = listener.local_addr().expect("local address of the fake");
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::warn!(%error, "fake API server stopped");
+            }
+        });
+        Self {
+            addr,
+            shared,
+            server,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client pointing at the fake (no credentials). Needs a tokio runtime.
+    pub fn client(&self) -> kube::Client {
+        let url = self.url().parse().expect("the fake's URL is a valid URI");
+        kube::Client::try_from(kube::Config::new(url)).expect("a kube client for the fake")
+    }
+
+    /// Writes a kubeconfig with one cluster, user and context, all named `fake`, that points
+    /// at this server.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        let text = format!(
+            "apiVersion: v1\n\
+             kind: Config\n\
+             clusters:\n\
+             - name: fake\n  cluster:\n    server: {url}\n\
+             users:\n\
+             - name: fake\n  user: {{}}\n\
+             contexts:\n\
+             - name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\n",
+            url = self.url()
+        );
+        std::fs::write(path, text)
+    }
+
+    /// Creates or replaces an object (like a `PUT` of the whole object) and returns its new
+    /// resource version. Namespaced objects without a namespace go to `default`.
+    ///
+    /// Panics if the kind is not one the fake serves or the object has no name: this is test
+    /// setup, and a mistake in it should stop the test where it was made.
+    pub fn apply<K>(&self, object: &K) -> String
+    where
+        K: k8s_openapi::Resource + serde::Serialize,
+    {
+        let kind = ResourceKind::of::<K>()
+            .unwrap_or_else(|| panic!("the fake does not serve {}/{}", K::API_VERSION, K::KIND));
+        let mut value = serde_json::to_value(object).expect("serialize the object");
+        value["apiVersion"] = json!(kind.api_version());
+        value["kind"] = json!(kind.kind());
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a {} without metadata.name", kind.kind()))
+            .to_string();
+        let namespace = if kind.namespaced() {
+            let namespace = value["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            value["metadata"]["namespace"] = json!(namespace);
+            namespace
+        } else {
+            String::new()
+        };
+
+        let mut store = self.shared.lock_store();
+        store.resource_version += 1;
+        let resource_version = store.resource_version;
+        let key = (kind, namespace.clone(), name);
+        let existing_uid = store
+            .objects
+            .get(&key)
+            .and_then(|old| old["metadata"]["uid"].as_str().map(str::to_string));
+        let event_type = if existing_uid.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        if value["metadata"]["uid"].as_str().is_none() {
+            let uid = existing_uid.unwrap_or_else(|| format!("fake-uid-{resource_version}"));
+            value["metadata"]["uid"] = json!(uid);
+        }
+        value["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        store.objects.insert(key, value.clone());
+        store.record(
+            StoredEvent {
+                resource_version,
+                kind,
+                namespace,
+                event_type,
+                object: Arc::new(value),
+            },
+            &self.shared.events,
+        );
+        resource_version.to_string()
+    }
+
+    /// Deletes an object; returns whether it existed. `namespace` is ignored for cluster-scoped
+    /// kinds.
+    pub fn delete<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> bool {
+        let kind = ResourceKind::of::<K>()
+            .unwrap_or_else(|| panic!("the fake does not serve {}/{}", K::API_VERSION, K::KIND));
+        let namespace = if kind.namespaced() { namespace } else { "" };
+        let mut store = self.shared.lock_store();
+        let key = (kind, namespace.to_string(), name.to_string());
+        let Some(mut value) = store.objects.remove(&key) else {
+            return false;
+        };
+        store.resource_version += 1;
+        let resource_version = store.resource_version;
+        // As a real API server does, the DELETED event carries the object at the deletion's
+        // resource version.
+        value["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        store.record(
+            StoredEvent {
+                resource_version,
+                kind,
+                namespace: namespace.to_string(),
+                event_type: "DELETED",
+                object: Arc::new(value),
+            },
+            &self.shared.events,
+        );
+        true
+    }
+
+    /// The server's current resource version.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock_store().resource_version
+    }
+
+    /// Forgets all watch history: a watch from any resource version older than the current one
+    /// gets 410 Expired from now on.
+    pub fn compact_history(&self) {
+        let mut store = self.shared.lock_store();
+        store.history.clear();
+        store.compacted_through = store.resource_version;
+    }
+
+    /// Drops every open watch connection mid-stream (the client sees a broken connection).
+    pub fn break_watches(&self) {
+        self.shared.watch_generation.send_modify(|g| *g += 1);
+    }
+
+    /// While `true`, new watch requests get 503 Service Unavailable (lists still work). With
+    /// [`Self::break_watches`] and [`Self::compact_history`] this forces a client's resumed
+    /// watch to be too old, deterministically.
+    pub fn refuse_watches(&self, refuse: bool) {
+        self.shared.lock_store().refuse_watches = refuse;
+    }
+
+    /// Answers list and watch of `kind` with 403 Forbidden, as a real API server does when
+    /// RBAC does not allow them.
+    pub fn forbid(&self, kind: ResourceKind) {
+        self.shared.lock_store().forbidden.insert(kind);
+    }
+
+    /// How many list (not watch) requests for `kind` the server has answered.
+    pub fn list_requests(&self, kind: ResourceKind) -> u64 {
+        let counts = self
+            .shared
+            .list_requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// How many watches were answered with 410 Expired.
+    pub fn expired_watches(&self) -> u64 {
+        self.shared.expired_watches.load(Ordering::SeqCst)
+    }
+
+    /// How many watch streams are open right now.
+    pub fn open_watches(&self) -> usize {
+        self.shared.open_watches.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeKubeApiServer {
+    fn drop(&mut self) {
+        self.server.abort();
+        // Connections live in their own tasks; end the watches so clients notice.
+        self.break_watches();
+    }
+}
+
+impl Shared {
+    fn lock_store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves the store consistent (every mutation is
+        // completed before anything can panic), so a poisoned lock is still usable.
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn count_list(&self, kind: ResourceKind) {
+        let mut counts = self
+            .list_requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *counts.entry(kind).or_default() += 1;
+    }
+}
+
+/// What a request path names.
+#[derive(Debug, PartialEq)]
+enum Target {
+    Collection {
+        kind: ResourceKind,
+        namespace: Option<String>,
+    },
+    Object {
+        kind: ResourceKind,
+        namespace: Option<String>,
+        name: String,
+    },
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let (group, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+        ("", rest)
+    } else if let Some(rest) = path.strip_prefix("/apis/discovery.k8s.io/v1/") {
+        ("discovery.k8s.io", rest)
+    } else {
+        return None;
+    };
+    let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [plural] => Some(Target::Collection {
+            kind: ResourceKind::from_path(group, plural)?,
+            namespace: None,
+        }),
+        [plural, name] => {
+            let kind = ResourceKind::from_path(group, plural)?;
+            (!kind.namespaced()).then(|| Target::Object {
+                kind,
+                namespace: None,
+                name: name.to_string(),
+            })
+        }
+        ["namespaces", namespace, plural] => {
+            let kind = ResourceKind::from_path(group, plural)?;
+            kind.namespaced().then(|| Target::Collection {
+                kind,
+                namespace: Some(namespace.to_string()),
+            })
+        }
+        ["namespaces", namespace, plural, name] => {
+            let kind = ResourceKind::from_path(group, plural)?;
+            kind.namespaced().then(|| Target::Object {
+                kind,
+                namespace: Some(namespace.to_string()),
+                name: name.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn status_body(code: StatusCode, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    })
+}
+
+fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
+    json_response(code, &status_body(code, reason, message))
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(target) = parse_path(uri.path()) else {
+        return status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("the fake API server does not serve {}", uri.path()),
+        );
+    };
+    if method != Method::GET {
+        return status_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("the fake API server only serves GET, not {method}"),
+        );
+    }
+    for selector in ["labelSelector", "fieldSelector"] {
+        if query.get(selector).is_some_and(|v| !v.is_empty()) {
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("the fake API server does not implement {selector}"),
+            );
+        }
+    }
+    match target {
+        Target::Collection { kind, namespace } => {
+            let verb = if query.get("watch").is_some_and(|v| v == "true" || v == "1") {
+                "watch"
+            } else {
+                "list"
+            };
+            if shared.lock_store().forbidden.contains(&kind) {
+                return forbidden(kind, verb, namespace.as_deref());
+            }
+            if verb == "watch" {
+                start_watch(&shared, kind, namespace, &query)
+            } else {
+                shared.count_list(kind);
+                list(&shared, kind, namespace.as_deref())
+            }
+        }
+        Target::Object {
+            kind,
+            namespace,
+            name,
+        } => {
+            if shared.lock_store().forbidden.contains(&kind) {
+                return forbidden(kind, "get", namespace.as_deref());
+            }
+            let store = shared.lock_store();
+            let key = (kind, namespace.unwrap_or_default(), name.clone());
+            match store.objects.get(&key) {
+                Some(object) => json_response(StatusCode::OK, object),
+                None => status_response(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{} \"{name}\" not found", kind.plural()),
+                ),
+            }
+        }
+    }
+}
+
+fn forbidden(kind: ResourceKind, verb: &str, namespace: Option<&str>) -> Response {
+    let scope = match namespace {
+        Some(namespace) => format!("in the namespace \"{namespace}\""),
+        None => "at the cluster scope".to_string(),
+    };
+    status_response(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &format!(
+            "{plural} is forbidden: User \"system:anonymous\" cannot {verb} resource \"{plural}\" \
+             in API group \"{group}\" {scope}",
+            plural = kind.plural(),
+            group = kind.group(),
+        ),
+    )
+}
+
+fn matches(kind: ResourceKind, namespace: Option<&str>, event: &StoredEvent) -> bool {
+    event.kind == kind && namespace.is_none_or(|ns| ns == event.namespace)
+}
+
+fn list(shared: &Shared, kind: ResourceKind, namespace: Option<&str>) -> Response {
+    let store = shared.lock_store();
+    let items: Vec<&Value> = store
+        .objects
+        .iter()
+        .filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|n| n == ns))
+        .map(|(_, object)| object)
+        .collect();
+    // `limit` is advisory: returning everything with no `continue` token is a valid answer.
+    let body = json!({
+        "kind": format!("{}List", kind.kind()),
+        "apiVersion": kind.api_version(),
+        "metadata": { "resourceVersion": store.resource_version.to_string() },
+        "items": items,
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn event_line(event_type: &str, object: &Value) -> Bytes {
+    let mut line = json!({ "type": event_type, "object": object }).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+fn start_watch(
+    shared: &Arc<Shared>,
+    kind: ResourceKind,
+    namespace: Option<String>,
+    query: &HashMap<String, String>,
+) -> Response {
+    if query.get("sendInitialEvents").is_some_and(|v| v == "true") {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the fake API server does not implement streaming lists (sendInitialEvents)",
+        );
+    }
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs);
+    let requested = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(text) => match text.parse::<u64>() {
+            Ok(rv) => Some(rv),
+            Err(_) => {
+                return status_response(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("resourceVersion {text:?} is not a resource version of this server"),
+                );
+            }
+        },
+    };
+
+    // Everything up to `position` is decided under the store lock; everything after it comes
+    // from the broadcast subscription taken under the same lock.
+    let mut generation = shared.watch_generation.subscribe();
+    let store = shared.lock_store();
+    if store.refuse_watches {
+        return status_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the fake API server refuses watches right now (test setting)",
+        );
+    }
+    let first_lines: Vec<Bytes> = match requested {
+        // No resource version: start with the current state as ADDED events.
+        None => store
+            .objects
+            .iter()
+            .filter(|((k, ns, _), _)| *k == kind && namespace.as_deref().is_none_or(|n| n == ns))
+            .map(|(_, object)| event_line("ADDED", object))
+            .collect(),
+        Some(rv) if rv < store.compacted_through => {
+            let message = format!(
+                "too old resource version: {rv} ({})",
+                store.compacted_through
+            );
+            drop(store);
+            shared.expired_watches.fetch_add(1, Ordering::SeqCst);
+            let expired = status_body(StatusCode::GONE, "Expired", &message);
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                event_line("ERROR", &expired),
+            )
+                .into_response();
+        }
+        Some(rv) => store
+            .history
+            .iter()
+            .filter(|event| event.resource_version > rv)
+            .filter(|event| matches(kind, namespace.as_deref(), event))
+            .map(|event| event_line(event.event_type, &event.object))
+            .collect(),
+    };
+    let position = store.resource_version;
+    let events = shared.events.subscribe();
+    drop(store);
+    generation.mark_unchanged();
+
+    let (lines, body_lines) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let stream = WatchStream {
+        shared: shared.clone(),
+        kind,
+        namespace,
+        bookmarks,
+        timeout,
+        position,
+        events,
+        generation,
+        lines,
+    };
+    shared.open_watches.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(stream.run(first_lines));
+    let body = futures::stream::unfold(body_lines, |mut body_lines| async move {
+        body_lines.recv().await.map(|line| (line, body_lines))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// One open watch: feeds its HTTP body until the client goes away, the test breaks it, or the
+/// client's `timeoutSeconds` passes.
+struct WatchStream {
+    shared: Arc<Shared>,
+    kind: ResourceKind,
+    namespace: Option<String>,
+    bookmarks: bool,
+    timeout: Option<Duration>,
+    /// The resource version this stream has seen everything up to (the bookmark value).
+    position: u64,
+    events: broadcast::Receiver<StoredEvent>,
+    generation: watch::Receiver<u64>,
+    lines: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl WatchStream {
+    async fn run(mut self, first_lines: Vec<Bytes>) {
+        self.feed(first_lines).await;
+        self.shared.open_watches.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn feed(&mut self, first_lines: Vec<Bytes>) {
+        for line in first_lines {
+            if self.lines.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        let deadline =
+            tokio::time::sleep(self.timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600)));
+        tokio::pin!(deadline);
+        let mut bookmark_tick = tokio::time::interval(self.shared.bookmark_interval);
+        let mut bookmarked = self.position;
+        loop {
+            tokio::select! {
+                changed = self.generation.changed() => {
+                    if changed.is_ok() {
+                        // An error in the body makes hyper abort the connection mid-stream.
+                        let broken = std::io::Error::other("watch broken by the test");
+                        let _ = self.lines.send(Err(broken)).await;
+                    }
+                    return;
+                }
+                received = self.events.recv() => match received {
+                    Ok(event) => {
+                        self.position = event.resource_version;
+                        if matches(self.kind, self.namespace.as_deref(), &event) {
+                            let line = event_line(event.event_type, &event.object);
+                            if self.lines.send(Ok(line)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // Too slow or server gone: end the stream; the client resumes from its
+                    // last resource version.
+                    Err(_) => return,
+                },
+                _ = bookmark_tick.tick(), if self.bookmarks && self.position > bookmarked => {
+                    bookmarked = self.position;
+                    let bookmark = json!({
+                        "kind": self.kind.kind(),
+                        "apiVersion": self.kind.api_version(),
+                        "metadata": { "resourceVersion": self.position.to_string() },
+                    });
+                    if self.lines.send(Ok(event_line("BOOKMARK", &bookmark))).await.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut deadline => return,
+                _ = self.lines.closed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_collections_and_objects() {
+        assert_eq!(
+            parse_path("/api/v1/services"),
+            Some(Target::Collection {
+                kind: ResourceKind::Service,
+                namespace: None
+            })
+        );
+        assert_eq!(
+            parse_path("/api/v1/namespaces/prod/pods"),
+            Some(Target::Collection {
+                kind: ResourceKind::Pod,
+                namespace: Some("prod".into())
+            })
+        );
+        assert_eq!(
+            parse_path("/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices/web-1"),
+            Some(Target::Object {
+                kind: ResourceKind::EndpointSlice,
+                namespace: Some("prod".into()),
+                name: "web-1".into()
+            })
+        );
+        assert_eq!(
+            parse_path("/api/v1/namespaces/prod"),
+            Some(Target::Object {
+                kind: ResourceKind::Namespace,
+                namespace: None,
+                name: "prod".into()
+            })
+        );
+        assert_eq!(
+            parse_path("/api/v1/nodes"),
+            Some(Target::Collection {
+                kind: ResourceKind::Node,
+                namespace: None
+            })
+        );
+        // Nodes are not namespaced; endpointslices are not in the core group.
+        assert_eq!(parse_path("/api/v1/namespaces/prod/nodes"), None);
+        assert_eq!(parse_path("/api/v1/endpointslices"), None);
+        assert_eq!(parse_path("/apis/apps/v1/deployments"), None);
+    }
+
+    #[test]
+    fn kinds_of_k8s_openapi_types() {
+        use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        assert_eq!(ResourceKind::of::<Service>(), Some(ResourceKind::Service));
+        assert_eq!(
+            ResourceKind::of::<EndpointSlice>(),
+            Some(ResourceKind::EndpointSlice)
+        );
+        assert_eq!(ResourceKind::of::<Pod>(), Some(ResourceKind::Pod));
+        assert_eq!(ResourceKind::of::<Node>(), Some(ResourceKind::Node));
+        assert_eq!(
+            ResourceKind::of::<Namespace>(),
+            Some(ResourceKind::Namespace)
+        );
+        assert_eq!(ResourceKind::of::<ConfigMap>(), None);
+    }
+}
