@@ -321,6 +321,7 @@ fn agent_restart_does_not_fail_a_single_connection() {
             .spawn()
             .unwrap(),
     );
+    let mut program = attached_program_id(&pin, "connect4");
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(400));
         loader.kill();
@@ -329,6 +330,11 @@ fn agent_restart_does_not_fail_a_single_connection() {
         let (restarted, found) = support::start_loader(&pin, &cgroup, vip, &[&a, &b]);
         assert_eq!(found, 1, "the restarted loader sees the pinned service");
         loader = restarted;
+        // The restarted loader's own programs now run inside the pinned links (an upgrade
+        // takes effect), not the ones the killed loader left behind.
+        let restarted_program = attached_program_id(&pin, "connect4");
+        assert_ne!(restarted_program, program);
+        program = restarted_program;
     }
     let output = std::mem::replace(
         &mut client.0,
@@ -350,6 +356,16 @@ fn agent_restart_does_not_fail_a_single_connection() {
         .unwrap_or_else(|| panic!("unexpected client output {stdout:?}"));
     assert!(ok > 100, "the client made only {ok} connections in 3 s");
     eprintln!("{ok} connections across 3 restarts, none failed");
+}
+
+/// The id of the program running in the pinned link `links/<name>`.
+fn attached_program_id(pin: &PinDir, name: &str) -> u32 {
+    let link = aya::programs::links::PinnedLink::from_pin(pin.path.join("links").join(name))
+        .expect("opening the pinned link");
+    aya::programs::links::FdLink::from(link)
+        .info()
+        .expect("reading the link's info")
+        .program_id()
 }
 
 #[test]
