@@ -161,6 +161,7 @@ struct Store {
     /// Watches from a resource version below this get 410 Expired: the events after it are gone.
     compacted_through: u64,
     refuse_watches: bool,
+    failing_lists: BTreeSet<ResourceKind>,
     forbidden: BTreeSet<ResourceKind>,
 }
 
@@ -203,6 +204,7 @@ impl FakeKubeApiServer {
                 history_window: settings.history_window,
                 compacted_through: 0,
                 refuse_watches: false,
+                failing_lists: BTreeSet::new(),
                 forbidden: BTreeSet::new(),
             }),
             events,
@@ -373,13 +375,24 @@ impl FakeKubeApiServer {
         self.shared.lock_store().refuse_watches = refuse;
     }
 
+    /// While `true`, lists of `kind` get 503 Service Unavailable: a transient failure the
+    /// client retries, which keeps that kind from completing its first sync.
+    pub fn fail_lists(&self, kind: ResourceKind, fail: bool) {
+        let mut store = self.shared.lock_store();
+        if fail {
+            store.failing_lists.insert(kind);
+        } else {
+            store.failing_lists.remove(&kind);
+        }
+    }
+
     /// Answers list and watch of `kind` with 403 Forbidden, as a real API server does when
     /// RBAC does not allow them.
     pub fn forbid(&self, kind: ResourceKind) {
         self.shared.lock_store().forbidden.insert(kind);
     }
 
-    /// How many list (not watch) requests for `kind` the server has answered.
+    /// How many list (not watch) requests for `kind` the server has received, failed ones included.
     pub fn list_requests(&self, kind: ResourceKind) -> u64 {
         let counts = self
             .shared
@@ -549,6 +562,16 @@ async fn handle(
                 start_watch(&shared, kind, namespace, &query)
             } else {
                 shared.count_list(kind);
+                if shared.lock_store().failing_lists.contains(&kind) {
+                    return status_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable",
+                        &format!(
+                            "the fake API server fails lists of {} (test setting)",
+                            kind.plural()
+                        ),
+                    );
+                }
                 list(&shared, kind, namespace.as_deref())
             }
         }
