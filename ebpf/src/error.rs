@@ -21,8 +21,9 @@ pub enum DatapathError {
     NotPermitted { action: String },
 
     #[error(
-        "the kernel refused the eBPF program `{program}`; the datapath needs Linux 5.9 or newer \
-         built with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF (kernel {kernel}): {source}"
+        "the kernel refused the eBPF program `{program}`; the datapath needs Linux 5.10 or newer \
+         (sk_lookup, socket-local storage in cgroup sock_addr programs; tested on 6.x) built with \
+         CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF and BTF (this kernel: {kernel}): {source}"
     )]
     KernelLacksFeature {
         program: &'static str,
