@@ -79,6 +79,9 @@ impl ServiceKey {
     }
 }
 
+/// `INLINE_BACKENDS`: services with at most this many backends keep them in their value.
+pub(crate) const INLINE_BACKENDS: usize = 8;
+
 /// `struct service_value`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +90,14 @@ pub(crate) struct ServiceValue {
     pub(crate) bank: u8,
     pub(crate) flags: u8,
     pub(crate) affinity_timeout_sec: u32,
+    pub(crate) inline_backends: [Backend; INLINE_BACKENDS],
+}
+
+impl ServiceValue {
+    /// Whether the backends are in `backend_slots` rather than in `inline_backends`.
+    pub(crate) fn uses_slots(&self) -> bool {
+        usize::from(self.backend_count) > INLINE_BACKENDS
+    }
 }
 
 /// `struct backend_slot_key`.
@@ -108,6 +119,13 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
+    /// What fills the unused entries of `inline_backends`.
+    pub(crate) const UNUSED: Backend = Backend {
+        addr: [0; 16],
+        port_be: 0,
+        pad: 0,
+    };
+
     pub(crate) fn new(addr: SocketAddr) -> Self {
         Self {
             addr: addr_bytes(addr.ip()),
@@ -231,7 +249,13 @@ mod tests {
             ("service_key", &["addr", "port_be", "protocol", "pad"]),
             (
                 "service_value",
-                &["backend_count", "bank", "flags", "affinity_timeout_sec"],
+                &[
+                    "backend_count",
+                    "bank",
+                    "flags",
+                    "affinity_timeout_sec",
+                    "inline_backends",
+                ],
             ),
             ("backend_slot_key", &["service", "bank", "index"]),
             ("backend", &["addr", "port_be", "pad"]),
@@ -255,6 +279,7 @@ mod tests {
                 );
             }
         }
+        program += "printf(\"constant INLINE_BACKENDS %d\\n\", INLINE_BACKENDS);\n";
         program += "return 0;\n}\n";
 
         let dir =
@@ -308,8 +333,15 @@ mod tests {
         layout!(
             "service_value",
             ServiceValue,
-            [backend_count, bank, flags, affinity_timeout_sec]
+            [
+                backend_count,
+                bank,
+                flags,
+                affinity_timeout_sec,
+                inline_backends
+            ]
         );
+        put("constant", "INLINE_BACKENDS", INLINE_BACKENDS);
         layout!("backend_slot_key", BackendSlotKey, [service, bank, index]);
         layout!("backend", Backend, [addr, port_be, pad]);
         layout!("affinity_key", AffinityKey, [netns_cookie, service, pad]);

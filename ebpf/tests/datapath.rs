@@ -23,7 +23,7 @@ use support::{Cgroup, NetNs, PinDir, probe, probe_output};
 /// Field order is drop order: the datapath's descriptors close before its pins are removed.
 struct Fixture {
     datapath: Datapath,
-    _pin: PinDir,
+    pin: PinDir,
     cgroup: Cgroup,
     netns: NetNs,
 }
@@ -42,7 +42,7 @@ impl Fixture {
             .expect("attaching to the test cgroup");
         Some(Self {
             datapath,
-            _pin: pin,
+            pin,
             cgroup,
             netns,
         })
@@ -205,6 +205,40 @@ fn udp_ipv6_vip_replies_come_from_the_vip() {
     udp_vip("[fd00:96::53]:53", "[::1]:5354", "[::1]:5355");
 }
 
+/// Services with more backends than fit in the service entry keep them in slots; moving
+/// between the two layouts and resizing never reaches a backend outside the current set.
+#[test]
+fn large_services_use_slots_and_follow_every_resize() {
+    let Some(mut fx) = Fixture::new() else { return };
+    let all: Vec<SocketAddr> = (2..=13)
+        .map(|host| support::tcp_server(&fx.netns, &format!("127.0.0.{host}:8080")))
+        .collect();
+    let vip = "10.96.0.40:80";
+    for size in [10, 9, 3, 12, 1, 11] {
+        let backends = &all[..size];
+        fx.datapath
+            .upsert_service(&service(vip, Protocol::Tcp, backends))
+            .unwrap();
+        let attempts = (40 * size).to_string();
+        let counts = count_by_backend(&connections(&fx.client(&["tcp-connect", vip, &attempts])));
+        let mut expected: Vec<SocketAddr> = backends.to_vec();
+        expected.sort();
+        assert_eq!(
+            counts.keys().copied().collect::<Vec<_>>(),
+            expected,
+            "with {size} backends every one, and only those, gets connections: {counts:?}"
+        );
+        assert_eq!(
+            fx.datapath.services().unwrap()[0].backends,
+            backends,
+            "read back with {size} backends"
+        );
+    }
+    // A fresh load (an agent restart) finds the same service and no stray slots to trip on.
+    let reloaded = Datapath::load(&fx.pin.config()).unwrap();
+    assert_eq!(reloaded.services().unwrap()[0].backends, &all[..11]);
+}
+
 #[test]
 fn client_ip_affinity_keeps_a_client_on_one_backend_until_it_leaves() {
     let Some(mut fx) = Fixture::new() else { return };
@@ -308,11 +342,15 @@ fn agent_restart_does_not_fail_a_single_connection() {
     let pin = PinDir::new();
     let cgroup = Cgroup::new();
     let netns = NetNs::new();
-    let a = support::tcp_server(&netns, "127.0.0.2:8080").to_string();
-    let b = support::tcp_server(&netns, "127.0.0.3:8080").to_string();
+    // More backends than fit in the service entry: each restart rewrites the service through
+    // the slot banks, the path with the most steps to get wrong.
+    let backends: Vec<String> = (2..=11)
+        .map(|host| support::tcp_server(&netns, &format!("127.0.0.{host}:8080")).to_string())
+        .collect();
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
     let vip = "10.96.0.30:80";
 
-    let (mut loader, found) = support::start_loader(&pin, &cgroup, vip, &[&a, &b]);
+    let (mut loader, found) = support::start_loader(&pin, &cgroup, vip, &backends);
     assert_eq!(found, 0);
     let mut client = support::ChildGuard(
         support::probe_command(&netns, Some(&cgroup), &["tcp-loop", vip, "3000"])
@@ -327,7 +365,7 @@ fn agent_restart_does_not_fail_a_single_connection() {
         loader.kill();
         // Nothing runs the datapath now; connections keep working from the pins alone.
         std::thread::sleep(Duration::from_millis(300));
-        let (restarted, found) = support::start_loader(&pin, &cgroup, vip, &[&a, &b]);
+        let (restarted, found) = support::start_loader(&pin, &cgroup, vip, &backends);
         assert_eq!(found, 1, "the restarted loader sees the pinned service");
         loader = restarted;
         // The restarted loader's own programs now run inside the pinned links (an upgrade

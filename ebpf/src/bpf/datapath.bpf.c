@@ -128,9 +128,10 @@ static __always_inline enum lookup_result
 pick_from_slots(const struct service_key *service, const struct service_value *value,
 		struct backend *picked)
 {
-	/* Two tries: userspace may flip the service to its other bank and
-	 * delete the old one between our lookups of the service and the slot;
-	 * looking the service up again then finds the new bank. */
+	/* Two tries for services whose backends are in slots: userspace may
+	 * flip the service to its other bank and delete the old one between our
+	 * lookups of the service and the slot; looking the service up again then
+	 * finds the new bank. */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (attempt > 0) {
 			value = bpf_map_lookup_elem(&services, service);
@@ -140,10 +141,17 @@ pick_from_slots(const struct service_key *service, const struct service_value *v
 		__u16 count = value->backend_count;
 		if (count == 0)
 			return NO_BACKEND;
+		__u32 index = bpf_get_prandom_u32() % count;
+		if (count <= INLINE_BACKENDS) {
+			if (index >= INLINE_BACKENDS) /* for the verifier */
+				return NO_BACKEND;
+			*picked = value->inline_backends[index];
+			return BACKEND_FOUND;
+		}
 		struct backend_slot_key slot = {
 			.service = *service,
 			.bank = value->bank,
-			.index = bpf_get_prandom_u32() % count,
+			.index = (__u16)index,
 		};
 		struct backend *backend = bpf_map_lookup_elem(&backend_slots, &slot);
 		if (backend) {

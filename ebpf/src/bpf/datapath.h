@@ -22,16 +22,34 @@ struct service_key {
 	__u8 pad;
 };
 
-/* Value of `services`. The backends live in `backend_slots` under
+/* Services with at most this many backends keep them in their service_value. */
+#define INLINE_BACKENDS 8
+
+/* A backend: where a connection to a service really goes. For a backend in
+ * another cluster this is its mesh virtual IP. */
+struct backend {
+	__u8 addr[16];
+	__u16 port_be;
+	__u16 pad;
+};
+
+/* Value of `services`.
+ *
+ * Up to INLINE_BACKENDS backends live in the value itself, so that a
+ * connect() costs one hash lookup, and one map update replaces the whole
+ * backend set at once.
+ *
+ * Larger services keep their backends in `backend_slots` under
  * (service, bank, 0..backend_count). Userspace writes a new backend set into
  * the bank that is not in use, then flips `bank` and `backend_count` with one
  * map update, then deletes the old bank: a program never sees a half-written
  * service, and a removed backend is unreachable from the moment of the flip. */
 struct service_value {
 	__u16 backend_count;
-	__u8 bank; /* 0 or 1 */
+	__u8 bank; /* 0 or 1; only used when backend_count > INLINE_BACKENDS */
 	__u8 flags; /* reserved, 0 */
 	__u32 affinity_timeout_sec; /* 0: no ClientIP session affinity */
+	struct backend inline_backends[INLINE_BACKENDS];
 };
 
 /* Key of `backend_slots`. */
@@ -41,13 +59,7 @@ struct backend_slot_key {
 	__u16 index;
 };
 
-/* Value of `backend_slots`: where a connection to the service really goes.
- * For a backend in another cluster this is its mesh virtual IP. */
-struct backend {
-	__u8 addr[16];
-	__u16 port_be;
-	__u16 pad;
-};
+/* The value of `backend_slots` is a struct backend. */
 
 /* Key of `affinity` (LRU). ClientIP affinity for socket load balancing is per
  * client network namespace, i.e. per pod. */

@@ -8,7 +8,7 @@ use aya::maps::{HashMap, MapData, MapError};
 use super::{Datapath, map_error};
 use crate::{
     DatapathError,
-    maps::{Backend, BackendSlotKey, ServiceKey, ServiceValue, names},
+    maps::{Backend, BackendSlotKey, INLINE_BACKENDS, ServiceKey, ServiceValue, names},
     service::{Frontend, Service, SessionAffinity},
 };
 
@@ -18,34 +18,42 @@ pub const MAX_BACKENDS_PER_SERVICE: usize = u16::MAX as usize;
 impl Datapath {
     /// Programs a service, replacing what was there for the same frontend.
     ///
-    /// The new backends go into the service's unused bank of slots; one update of the service
-    /// entry then switches the count and bank together; only then are the old slots deleted. A
-    /// connection never sees a half-written backend set, and a backend that was removed gets no
-    /// new connection from the moment this returns.
+    /// A service with few backends (see `INLINE_BACKENDS` in `datapath.h`) is replaced with one
+    /// map update. For a larger one, the new backends go into the service's unused bank of
+    /// slots; one update of the service entry then switches the count and bank together; only
+    /// then are the old slots deleted. Either way a connection never sees a half-written
+    /// backend set, and a removed backend gets no new connection from the moment this returns.
     pub fn upsert_service(&mut self, service: &Service) -> Result<(), DatapathError> {
         validate(service)?;
         let key = ServiceKey::new(&service.frontend);
         let old = self.services.get(&key, 0).ok();
-        let bank = match old {
-            Some(old) if old.bank == 0 => 1,
-            _ => 0,
-        };
-        for (index, backend) in service.backends.iter().enumerate() {
-            let slot = BackendSlotKey {
-                service: key,
-                bank: bank.into(),
-                index: index as u16, // validate() bounds the count to u16
-            };
-            self.backend_slots
-                .insert(slot, Backend::new(*backend), 0)
-                .map_err(map_error(names::BACKEND_SLOTS, "writing a backend slot"))?;
-        }
-        let value = ServiceValue {
-            backend_count: service.backends.len() as u16,
-            bank,
+        let mut value = ServiceValue {
+            backend_count: service.backends.len() as u16, // validate() bounds it to u16
+            bank: 0,
             flags: 0,
             affinity_timeout_sec: affinity_timeout_sec(service.affinity),
+            inline_backends: [Backend::UNUSED; INLINE_BACKENDS],
         };
+        if value.uses_slots() {
+            value.bank = match old {
+                Some(old) if old.uses_slots() && old.bank == 0 => 1,
+                _ => 0,
+            };
+            for (index, backend) in service.backends.iter().enumerate() {
+                let slot = BackendSlotKey {
+                    service: key,
+                    bank: value.bank.into(),
+                    index: index as u16,
+                };
+                self.backend_slots
+                    .insert(slot, Backend::new(*backend), 0)
+                    .map_err(map_error(names::BACKEND_SLOTS, "writing a backend slot"))?;
+            }
+        } else {
+            for (inline, backend) in value.inline_backends.iter_mut().zip(&service.backends) {
+                *inline = Backend::new(*backend);
+            }
+        }
         self.services
             .insert(key, value, 0)
             .map_err(map_error(names::SERVICES, "publishing a service"))?;
@@ -85,17 +93,22 @@ impl Datapath {
                 continue;
             };
             let mut backends = Vec::with_capacity(value.backend_count.into());
-            for index in 0..value.backend_count {
-                let slot = BackendSlotKey {
-                    service: key,
-                    bank: value.bank.into(),
-                    index,
-                };
-                let backend = self
-                    .backend_slots
-                    .get(&slot, 0)
-                    .map_err(map_error(names::BACKEND_SLOTS, "reading a backend slot"))?;
-                backends.push(backend.socket_addr());
+            if value.uses_slots() {
+                for index in 0..value.backend_count {
+                    let slot = BackendSlotKey {
+                        service: key,
+                        bank: value.bank.into(),
+                        index,
+                    };
+                    let backend = self
+                        .backend_slots
+                        .get(&slot, 0)
+                        .map_err(map_error(names::BACKEND_SLOTS, "reading a backend slot"))?;
+                    backends.push(backend.socket_addr());
+                }
+            } else {
+                let inline = &value.inline_backends[..value.backend_count.into()];
+                backends.extend(inline.iter().map(Backend::socket_addr));
             }
             let affinity = match value.affinity_timeout_sec {
                 0 => SessionAffinity::None,
@@ -113,11 +126,15 @@ impl Datapath {
         Ok(services)
     }
 
+    /// Deletes the slots of a service value that has just been replaced or deleted.
     fn remove_slots(
         &mut self,
         service: ServiceKey,
         value: ServiceValue,
     ) -> Result<(), DatapathError> {
+        if !value.uses_slots() {
+            return Ok(());
+        }
         for index in 0..value.backend_count {
             let slot = BackendSlotKey {
                 service,
@@ -155,7 +172,9 @@ impl Datapath {
         for slot in self.backend_slots.keys() {
             let slot = slot.map_err(map_error(names::BACKEND_SLOTS, "listing backend slots"))?;
             let reachable = self.services.get(&slot.service, 0).is_ok_and(|service| {
-                u16::from(service.bank) == slot.bank && slot.index < service.backend_count
+                service.uses_slots()
+                    && u16::from(service.bank) == slot.bank
+                    && slot.index < service.backend_count
             });
             if !reachable {
                 unreachable.push(slot);
