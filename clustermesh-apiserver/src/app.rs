@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, SourceKind};
+use crate::mirror::{Mirror, MirrorSettings, MirrorStatus};
 use crate::publish::{PublishCounts, Publisher};
 use crate::source::{ClusterSource, ViewReceiver, manifests::ManifestsSource};
 
@@ -32,6 +33,7 @@ pub struct Running {
     status: watch::Receiver<Status>,
     task: JoinHandle<()>,
     source: JoinHandle<()>,
+    mirror: Option<Mirror>,
     // Kept alive for as long as the apiserver runs.
     _session: Arc<Session>,
     _heartbeat: HeartbeatWriter,
@@ -44,6 +46,11 @@ impl Running {
 
     pub fn subscribe(&self) -> watch::Receiver<Status> {
         self.status.clone()
+    }
+
+    /// Per connected (or refused) peer: connected, synced, counts, last error.
+    pub fn peers(&self) -> MirrorStatus {
+        self.mirror.as_ref().map(Mirror::status).unwrap_or_default()
     }
 
     /// Waits until the first full view is published.
@@ -138,6 +145,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
 
+    let mirror = config.peers_dir.clone().map(|dir| {
+        let settings = MirrorSettings {
+            dir,
+            schema: schema.clone(),
+            local: cluster.clone(),
+            cache_ttl: config.peer_cache_ttl,
+        };
+        Mirror::start(settings, client.clone(), session.clone())
+    });
+
     let (status_tx, status) = watch::channel(Status::default());
     // Passes also run without changes, so unused identities are released on time.
     let resync = (config.identity_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
@@ -146,6 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         status,
         task,
         source,
+        mirror,
         _session: session,
         _heartbeat: heartbeat,
     })

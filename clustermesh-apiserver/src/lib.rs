@@ -5,5 +5,6 @@
 
 pub mod app;
 pub mod config;
+pub mod mirror;
 pub mod publish;
 pub mod source;

@@ -279,7 +279,12 @@ impl KeySchema {
     }
 
     pub fn cache_synced(&self, remote: &ClusterName, kind: Kind) -> String {
-        format!("{}/cache/synced/{remote}/{kind}", self.root)
+        format!("{}{kind}", self.cache_synced_prefix(remote))
+    }
+
+    /// All of a remote's cache markers (ends in '/').
+    pub fn cache_synced_prefix(&self, remote: &ClusterName) -> String {
+        format!("{}/cache/synced/{remote}/", self.root)
     }
 
     /// Objects published for the local agents only (ends in '/').

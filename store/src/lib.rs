@@ -10,7 +10,7 @@
 
 pub mod connect;
 pub mod heartbeat;
-mod retry;
+pub mod retry;
 pub mod session;
 pub mod sync_writer;
 pub mod watch_reader;

@@ -8,13 +8,19 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 const MIN_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(10);
 
-pub(crate) struct Backoff {
+pub struct Backoff {
     builder: ExponentialBuilder,
     delays: ExponentialBackoff,
 }
 
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Backoff {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         let builder = ExponentialBuilder::new()
             .with_min_delay(MIN_DELAY)
             .with_max_delay(MAX_DELAY)
@@ -28,16 +34,16 @@ impl Backoff {
     }
 
     /// The delay before the next attempt.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         self.delays.next().unwrap_or(MAX_DELAY)
     }
 
-    pub(crate) async fn wait(&mut self) {
+    pub async fn wait(&mut self) {
         tokio::time::sleep(self.next_delay()).await;
     }
 
     /// Called after a success: the next failure starts again from the shortest delay.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.delays = self.builder.build();
     }
 }

@@ -50,6 +50,10 @@ pub struct Publisher {
     endpoints: SyncWriter,
     identities: SyncWriter,
     nodes: SyncWriter,
+    /// Owns no keys: agents write their own records under their own leases. It only keeps the
+    /// `synced/<cluster>/agents` marker written (also across a lease change), so that peers
+    /// know the agents prefix is live and can mark their copy complete.
+    agents_marker: SyncWriter,
     allocator: IdentityAllocator,
     synced: bool,
 }
@@ -91,6 +95,7 @@ impl Publisher {
             endpoints: writer(Kind::Endpoints, vec![state(Kind::Endpoints)]),
             identities: writer(Kind::Identities, vec![state(Kind::Identities)]),
             nodes: writer(Kind::Nodes, vec![state(Kind::Nodes)]),
+            agents_marker: writer(Kind::Agents, Vec::new()),
             allocator: IdentityAllocator::load(
                 client.clone(),
                 schema.clone(),
@@ -206,12 +211,13 @@ impl Publisher {
         Ok(counts)
     }
 
-    fn writers(&self) -> [&SyncWriter; 4] {
+    fn writers(&self) -> [&SyncWriter; 5] {
         [
             &self.services,
             &self.endpoints,
             &self.identities,
             &self.nodes,
+            &self.agents_marker,
         ]
     }
 
