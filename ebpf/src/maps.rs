@@ -166,7 +166,7 @@ pub(crate) struct ReverseNatKey {
     pub(crate) pad: u32,
 }
 
-/// `struct sock_translation`, the value of the socket-local `connected_sockets` storage. Only
+/// `struct sock_translation`, the value of `connected_sockets` (keyed by socket cookie). Only
 /// the programs use it; it is mirrored so that the layout test covers it and the pinned-map
 /// check knows its size.
 #[repr(C)]

@@ -112,6 +112,8 @@ fn tcp_vip(vip: &str, backend_a: &str, backend_b: &str) {
             "backend {backend} got {count} of 2000 connections, outside ±10% of 1000: {counts:?}"
         );
     }
+    // The client has exited: every socket it translated was released and forgotten.
+    assert_eq!(remembered_connected_sockets(&fx.pin), 0);
 
     // Removing b: the very next connections all go to a.
     fx.datapath
@@ -394,6 +396,15 @@ fn agent_restart_does_not_fail_a_single_connection() {
         .unwrap_or_else(|| panic!("unexpected client output {stdout:?}"));
     assert!(ok > 100, "the client made only {ok} connections in 3 s");
     eprintln!("{ok} connections across 3 restarts, none failed");
+}
+
+/// How many sockets the `connected_sockets` map remembers a translation for.
+fn remembered_connected_sockets(pin: &PinDir) -> usize {
+    let map = aya::maps::MapData::from_pin(pin.path.join("maps/connected_sockets"))
+        .expect("opening the pinned map");
+    let map: aya::maps::HashMap<_, u64, [u8; 40]> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).expect("a hash map");
+    map.keys().count()
 }
 
 /// The id of the program running in the pinned link `links/<name>`.

@@ -49,13 +49,15 @@ struct {
 	__type(value, struct service_key);
 } reverse_nat SEC(".maps");
 
-/* Socket-local storage rather than another LRU entry: creating it is several
- * times cheaper than an LRU insert with eviction on every connect(), and it
- * lives exactly as long as the socket. */
+/* What each connected socket was translated to, by socket cookie. The entry is
+ * deleted when the socket is released (sock_release below). A plain hash map:
+ * inserting costs a fraction of an LRU insert with eviction or of creating
+ * socket-local storage, and a live socket's entry is never evicted. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(max_entries, 262144);
+	__type(key, __u64);
 	__type(value, struct sock_translation);
 } connected_sockets SEC(".maps");
 
@@ -213,20 +215,14 @@ static __always_inline void remember_translation(struct bpf_sock_addr *ctx, enum
 						 const struct service_key *service,
 						 const struct backend *backend)
 {
+	__u64 cookie = bpf_get_socket_cookie(ctx);
 	if (kind == CONNECTING) {
-		struct bpf_sock *sk = ctx->sk;
-		if (!sk)
-			return;
-		struct sock_translation *translation = bpf_sk_storage_get(
-			&connected_sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (translation) {
-			translation->backend = *backend;
-			translation->service = *service;
-		}
+		struct sock_translation translation = { .backend = *backend, .service = *service };
+		bpf_map_update_elem(&connected_sockets, &cookie, &translation, BPF_ANY);
 		return;
 	}
 	struct reverse_nat_key key = {
-		.socket_cookie = bpf_get_socket_cookie(ctx),
+		.socket_cookie = cookie,
 		.backend = *backend,
 	};
 	/* A socket sending many datagrams to one service keeps hitting the same
@@ -242,24 +238,22 @@ static __always_inline void remember_translation(struct bpf_sock_addr *ctx, enum
 static __always_inline void forget_connected_translation(struct bpf_sock_addr *ctx,
 							 enum socket_kind kind)
 {
-	struct bpf_sock *sk = ctx->sk;
-	if (kind == CONNECTING && ctx->protocol == IPPROTO_UDP && sk)
-		bpf_sk_storage_delete(&connected_sockets, sk);
+	if (kind == CONNECTING && ctx->protocol == IPPROTO_UDP) {
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		bpf_map_delete_elem(&connected_sockets, &cookie);
+	}
 }
 
 /* The VIP a reply from `peer` should appear to come from, if any. */
 static __always_inline const struct service_key *
 find_translation(struct bpf_sock_addr *ctx, const struct backend *peer)
 {
-	struct bpf_sock *sk = ctx->sk;
-	if (sk) {
-		struct sock_translation *translation =
-			bpf_sk_storage_get(&connected_sockets, sk, 0, 0);
-		if (translation && equal20(&translation->backend, peer))
-			return &translation->service;
-	}
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct sock_translation *translation = bpf_map_lookup_elem(&connected_sockets, &cookie);
+	if (translation && equal20(&translation->backend, peer))
+		return &translation->service;
 	struct reverse_nat_key key = {
-		.socket_cookie = bpf_get_socket_cookie(ctx),
+		.socket_cookie = cookie,
 		.backend = *peer,
 	};
 	return bpf_map_lookup_elem(&reverse_nat, &key);
@@ -400,6 +394,19 @@ SEC("cgroup/getpeername6")
 int getpeername6(struct bpf_sock_addr *ctx)
 {
 	untranslate6(ctx);
+	return 1;
+}
+
+/* Forgets what a closing socket was translated to. */
+SEC("cgroup/sock_release")
+int sock_release(struct bpf_sock *sk)
+{
+	if (sk->family != AF_INET && sk->family != AF_INET6)
+		return 1;
+	if (sk->protocol != IPPROTO_TCP && sk->protocol != IPPROTO_UDP)
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	bpf_map_delete_elem(&connected_sockets, &cookie);
 	return 1;
 }
 

@@ -85,8 +85,9 @@ struct reverse_nat_key {
 	__u32 pad;
 };
 
-/* Value of `connected_sockets` (socket-local storage): what a connected socket
- * (TCP, or UDP after connect()) was translated to. Freed with the socket. */
+/* Value of `connected_sockets`, keyed by socket cookie (__u64): what a
+ * connected socket (TCP, or UDP after connect()) was translated to. Deleted
+ * when the socket is released. */
 struct sock_translation {
 	struct backend backend;
 	struct service_key service;

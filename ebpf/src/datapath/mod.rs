@@ -6,7 +6,8 @@
 //! ```text
 //! <pin_dir>/maps/{services,backend_slots,affinity,reverse_nat,connected_sockets,
 //!                 mesh_vip_ranges,tunnel_listeners}
-//! <pin_dir>/links/{connect4,connect6,sendmsg4,sendmsg6,recvmsg4,recvmsg6,getpeername4,getpeername6}
+//! <pin_dir>/links/{connect4,connect6,sendmsg4,sendmsg6,recvmsg4,recvmsg6,getpeername4,getpeername6,
+//!                  sock_release}
 //! <pin_dir>/links/mesh_vip_lookup
 //! ```
 //!
@@ -25,7 +26,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, LpmTrie, MapData, MapError, MapInfo, SockMap},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, links::FdLink},
+    programs::{CgroupAttachMode, Program, ProgramError, SkLookup, links::FdLink},
 };
 use ipnet::IpNet;
 
@@ -48,7 +49,7 @@ pub use services::MAX_BACKENDS_PER_SERVICE;
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
 
 /// The cgroup programs, by function name in `datapath.bpf.c`; also their link pin names.
-const CGROUP_PROGRAMS: [&str; 8] = [
+const CGROUP_PROGRAMS: [&str; 9] = [
     "connect4",
     "connect6",
     "sendmsg4",
@@ -57,6 +58,7 @@ const CGROUP_PROGRAMS: [&str; 8] = [
     "recvmsg6",
     "getpeername4",
     "getpeername6",
+    "sock_release",
 ];
 const SK_LOOKUP_PROGRAM: &str = "mesh_vip_lookup";
 
@@ -157,9 +159,12 @@ impl Datapath {
         })?;
 
         for name in CGROUP_PROGRAMS {
-            cgroup_program(&mut ebpf, name)?
-                .load()
-                .map_err(|source| load_error(name, source))?;
+            let loaded = match cgroup_program(&mut ebpf, name)? {
+                Program::CgroupSockAddr(program) => program.load(),
+                Program::CgroupSock(program) => program.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            };
+            loaded.map_err(|source| load_error(name, source))?;
         }
         sk_lookup_program(&mut ebpf)?
             .load()
@@ -208,24 +213,12 @@ impl Datapath {
                 adopt_link(&pin, program_fd.as_fd(), expected)?;
                 continue;
             }
-            let attach_error = |source| DatapathError::Attach {
-                program: name,
-                target: cgroup_dir.to_owned(),
-                source: Box::new(source),
-            };
-            // A bpf_link on a cgroup always coexists with other programs (kube-proxy-free CNIs
-            // attach their own); the kernel rejects attach flags on links, so pass none.
-            let link_id = program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(attach_error)?;
-            let link = program.take_link(link_id).map_err(attach_error)?;
-            // Only bpf_link attachments (Linux 5.7+) can be pinned; aya falls back to the older
-            // kind on older kernels, which would detach when the agent exits.
-            let link = FdLink::try_from(link).map_err(|error| DatapathError::Link {
-                action: "pin (the kernel is older than 5.7?)",
-                link: pin.clone(),
-                source: std::io::Error::other(error),
-            })?;
+            let link =
+                attach_to_cgroup(program, &cgroup).map_err(|source| DatapathError::Attach {
+                    program: name,
+                    target: cgroup_dir.to_owned(),
+                    source: Box::new(source),
+                })?;
             pin_link(link, &pin)?;
         }
         Ok(())
@@ -301,7 +294,7 @@ fn check_pinned_maps(maps_dir: &Path) -> Result<(), DatapathError> {
         ),
         (
             names::CONNECTED_SOCKETS,
-            size_of::<i32>(),
+            size_of::<u64>(),
             size_of::<SockTranslation>(),
         ),
         (
@@ -372,11 +365,38 @@ fn pin_link(link: FdLink, pin: &Path) -> Result<(), DatapathError> {
 fn cgroup_program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+) -> Result<&'a mut Program, DatapathError> {
     ebpf.program_mut(name)
-        .ok_or(ProgramError::NotLoaded)
-        .and_then(|program| program.try_into())
-        .map_err(|source| load_error(name, source))
+        .ok_or_else(|| load_error(name, ProgramError::NotLoaded))
+}
+
+/// Attaches a cgroup program through a bpf_link and hands the link over for pinning.
+fn attach_to_cgroup(program: &mut Program, cgroup: &File) -> Result<FdLink, ProgramError> {
+    // A bpf_link on a cgroup always coexists with other programs (kube-proxy-free CNIs attach
+    // their own); the kernel rejects attach flags on links, so pass none.
+    let mode = CgroupAttachMode::Single;
+    // Only bpf_link attachments (Linux 5.7+) can be pinned; aya falls back to an older kind of
+    // attachment on older kernels, which would detach when the agent exits.
+    let not_pinnable = |_| {
+        ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error: std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the kernel attached without a bpf_link (Linux older than 5.7?); that cannot be pinned",
+            ),
+        })
+    };
+    match program {
+        Program::CgroupSockAddr(program) => {
+            let link_id = program.attach(cgroup, mode)?;
+            FdLink::try_from(program.take_link(link_id)?).map_err(not_pinnable)
+        }
+        Program::CgroupSock(program) => {
+            let link_id = program.attach(cgroup, mode)?;
+            FdLink::try_from(program.take_link(link_id)?).map_err(not_pinnable)
+        }
+        _ => Err(ProgramError::UnexpectedProgramType),
+    }
 }
 
 fn sk_lookup_program(ebpf: &mut Ebpf) -> Result<&mut SkLookup, DatapathError> {
