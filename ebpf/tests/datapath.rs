@@ -115,6 +115,17 @@ fn tcp_vip(vip: &str, backend_a: &str, backend_b: &str) {
     // The client has exited: every socket it translated was released and forgotten.
     assert_eq!(remembered_connected_sockets(&fx.pin), 0);
 
+    // A dual-stack IPv6 socket dialing the IPv4-mapped VIP is balanced and answered the same.
+    if let SocketAddr::V4(v4) = vip_addr {
+        let mapped = SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port());
+        let dual = connections(&fx.client(&["tcp-connect", &mapped.to_string(), "20"]));
+        assert!(
+            dual.iter()
+                .all(|&(peer, backend)| peer == mapped && (backend == a || backend == b)),
+            "{dual:?}"
+        );
+    }
+
     // Removing b: the very next connections all go to a.
     fx.datapath
         .upsert_service(&service(vip, Protocol::Tcp, &[a]))
