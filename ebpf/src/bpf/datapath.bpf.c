@@ -127,13 +127,14 @@ enum lookup_result {
 };
 
 static __always_inline enum lookup_result
-pick_from_slots(const struct service_key *service, const struct service_value *value,
+pick_backend(const struct service_key *service, const struct service_value *value,
 		struct backend *picked)
 {
-	/* Two tries for services whose backends are in slots: userspace may
-	 * flip the service to its other bank and delete the old one between our
-	 * lookups of the service and the slot; looking the service up again then
-	 * finds the new bank. */
+	/* Uniformly random among the backends, which are the active ones: the
+	 * agent decides which are. Two tries for services whose backends are in
+	 * slots: userspace may flip the service to its other bank and delete the
+	 * old one between our lookups of the service and the slot; looking the
+	 * service up again then finds the new bank. */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (attempt > 0) {
 			value = bpf_map_lookup_elem(&services, service);
@@ -173,7 +174,7 @@ select_backend(struct bpf_sock_addr *ctx, const struct service_key *service,
 		return NOT_A_SERVICE;
 	__u32 timeout_sec = value->affinity_timeout_sec;
 	if (timeout_sec == 0)
-		return pick_from_slots(service, value, picked);
+		return pick_backend(service, value, picked);
 
 	struct affinity_key key = {
 		.netns_cookie = bpf_get_netns_cookie(ctx),
@@ -187,7 +188,7 @@ select_backend(struct bpf_sock_addr *ctx, const struct service_key *service,
 		*picked = remembered->backend;
 		return BACKEND_FOUND;
 	}
-	enum lookup_result result = pick_from_slots(service, value, picked);
+	enum lookup_result result = pick_backend(service, value, picked);
 	if (result == BACKEND_FOUND) {
 		struct affinity_value fresh = { .backend = *picked, .last_used_ns = now };
 		bpf_map_update_elem(&affinity, &key, &fresh, BPF_ANY);
