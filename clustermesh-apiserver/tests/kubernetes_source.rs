@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clustermesh_apiserver::source::kubernetes::{KubernetesError, KubernetesSource, WatchedKind};
 use clustermesh_apiserver::source::{ClusterObjects, ObjectKey, ViewReceiver};
-use clustermesh_fake_kube_apiserver::{FakeKubeApiServer, ResourceKind};
+use clustermesh_fake_kube_apiserver::{FakeKubeApiServer, ResourceKind, Settings};
 use clustermesh_testkit::{assert_eventually, wait_for};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -446,7 +446,28 @@ async fn expired_watch_relists_and_converges() {
     fake.apply(&service("prod", "web", "10.96.0.11"));
     assert!(fake.delete::<Service>("prod", "doomed"));
     fake.compact_history();
+    // The first re-list of services fails: until one succeeds, the last good services stay
+    // published (stale, but nothing removed that was not deleted as far as we know).
+    fake.fail_lists(ResourceKind::Service, true);
     fake.refuse_watches(false);
+    let failed_relist = wait_for(WAIT, || {
+        let lists = fake.list_requests(ResourceKind::Service);
+        async move { (lists > service_lists).then_some(lists) }
+    })
+    .await;
+    assert!(
+        failed_relist.is_some(),
+        "410 Expired made the source re-list services"
+    );
+    // Let the other kinds finish their re-lists and publish views in the meantime.
+    wait_for_watches(&fake, 4).await;
+    let stale = running.latest().unwrap();
+    assert!(stale.services.contains_key(&key("prod", "doomed")));
+    assert_eq!(
+        cluster_ip(&stale, "prod", "web").as_deref(),
+        Some("10.96.0.10")
+    );
+    fake.fail_lists(ResourceKind::Service, false);
 
     running
         .converge("the view after the re-list", |view| {
@@ -481,6 +502,78 @@ async fn expired_watch_relists_and_converges() {
             pod_ip(view, "prod", "after-relist")
                 .map(|_| ())
                 .ok_or_else(|| "no pod prod/after-relist".to_string())
+        })
+        .await;
+    running.stop();
+}
+
+#[tokio::test]
+async fn bookmarks_keep_quiet_watches_resumable_after_compaction() {
+    let fake = FakeKubeApiServer::start_with(Settings {
+        bookmark_interval: Duration::from_millis(50),
+        ..Settings::default()
+    })
+    .await;
+    seed(&fake);
+    let running = Running::start(KubernetesSource::from_client(fake.client()));
+    wait_for_watches(&fake, 5).await;
+    let lists_before: Vec<u64> = ResourceKind::ALL
+        .iter()
+        .map(|kind| fake.list_requests(*kind))
+        .collect();
+
+    // Only services change: the four other watches learn the new resource version from
+    // bookmarks alone.
+    let bookmarks_before = fake.bookmarks_sent();
+    for index in 0..5 {
+        fake.apply(&service("prod", &format!("busy-{index}"), "10.96.2.1"));
+    }
+    assert_eventually(
+        "every watch told the current resource version",
+        WAIT,
+        || {
+            let behind = fake.watches_behind();
+            async move {
+                if behind == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{behind} watches behind"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        fake.bookmarks_sent() >= bookmarks_before + 4,
+        "the four quiet watches were told by bookmarks"
+    );
+
+    // End the watches cleanly (everything sent arrives), forget the history, reconnect.
+    fake.refuse_watches(true);
+    fake.end_watches();
+    wait_for_watches(&fake, 0).await;
+    fake.compact_history();
+    fake.refuse_watches(false);
+    wait_for_watches(&fake, 5).await;
+
+    assert_eq!(
+        fake.expired_watches(),
+        0,
+        "every watch resumed from a bookmarked resource version"
+    );
+    let lists_after: Vec<u64> = ResourceKind::ALL
+        .iter()
+        .map(|kind| fake.list_requests(*kind))
+        .collect();
+    assert_eq!(lists_after, lists_before, "no kind had to re-list");
+    running
+        .converge("the busy services", |view| {
+            let count = view.services.len();
+            if count == 6 {
+                Ok(())
+            } else {
+                Err(format!("{count} services"))
+            }
         })
         .await;
     running.stop();

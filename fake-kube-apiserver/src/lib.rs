@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -145,12 +145,16 @@ struct Shared {
     /// Every change, sent while the store lock is held so that a watch that subscribes under
     /// the same lock sees each event exactly once: from history or from here.
     events: broadcast::Sender<StoredEvent>,
-    /// Bumped by `break_watches`; every open watch ends its connection when it changes.
-    watch_generation: watch::Sender<u64>,
+    /// Set by `break_watches` and `end_watches`; every open watch ends when it changes.
+    watch_interruptions: watch::Sender<Interruption>,
     bookmark_interval: Duration,
     list_requests: Mutex<HashMap<ResourceKind, u64>>,
     expired_watches: AtomicU64,
-    open_watches: AtomicUsize,
+    bookmarks_sent: AtomicU64,
+    /// Open watches by id, with the newest resource version each has told its client (by an
+    /// event or a bookmark).
+    open_watches: Mutex<BTreeMap<u64, u64>>,
+    next_watch_id: AtomicU64,
 }
 
 struct Store {
@@ -163,6 +167,15 @@ struct Store {
     refuse_watches: bool,
     failing_lists: BTreeSet<ResourceKind>,
     forbidden: BTreeSet<ResourceKind>,
+}
+
+/// How `break_watches` and `end_watches` end the open watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interruption {
+    /// The connection breaks mid-stream.
+    Abrupt,
+    /// The stream ends after what was already sent.
+    Clean,
 }
 
 #[derive(Clone)]
@@ -195,7 +208,7 @@ impl FakeKubeApiServer {
 
     pub async fn start_with(settings: Settings) -> Self {
         let (events, _) = broadcast::channel(4096);
-        let (watch_generation, _) = watch::channel(0);
+        let (watch_interruptions, _) = watch::channel(Interruption::Abrupt);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store {
                 resource_version: 1,
@@ -208,11 +221,13 @@ impl FakeKubeApiServer {
                 forbidden: BTreeSet::new(),
             }),
             events,
-            watch_generation,
+            watch_interruptions,
             bookmark_interval: settings.bookmark_interval,
             list_requests: Mutex::new(HashMap::new()),
             expired_watches: AtomicU64::new(0),
-            open_watches: AtomicUsize::new(0),
+            bookmarks_sent: AtomicU64::new(0),
+            open_watches: Mutex::new(BTreeMap::new()),
+            next_watch_id: AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -365,7 +380,17 @@ impl FakeKubeApiServer {
 
     /// Drops every open watch connection mid-stream (the client sees a broken connection).
     pub fn break_watches(&self) {
-        self.shared.watch_generation.send_modify(|g| *g += 1);
+        self.shared
+            .watch_interruptions
+            .send_replace(Interruption::Abrupt);
+    }
+
+    /// Ends every open watch cleanly, as a real API server does when a watch's
+    /// `timeoutSeconds` pass: everything already sent reaches the client, then the stream ends.
+    pub fn end_watches(&self) {
+        self.shared
+            .watch_interruptions
+            .send_replace(Interruption::Clean);
     }
 
     /// While `true`, new watch requests get 503 Service Unavailable (lists still work). With
@@ -407,9 +432,22 @@ impl FakeKubeApiServer {
         self.shared.expired_watches.load(Ordering::SeqCst)
     }
 
+    /// How many bookmark events the server has sent, over all watches.
+    pub fn bookmarks_sent(&self) -> u64 {
+        self.shared.bookmarks_sent.load(Ordering::SeqCst)
+    }
+
     /// How many watch streams are open right now.
     pub fn open_watches(&self) -> usize {
-        self.shared.open_watches.load(Ordering::SeqCst)
+        self.shared.lock_open_watches().len()
+    }
+
+    /// How many open watches have not yet told their client the server's current resource
+    /// version, by an event or a bookmark. Zero means every client could resume from now.
+    pub fn watches_behind(&self) -> usize {
+        let current = self.resource_version();
+        let open = self.shared.lock_open_watches();
+        open.values().filter(|told| **told < current).count()
     }
 }
 
@@ -426,6 +464,12 @@ impl Shared {
         // A panic while holding the lock leaves the store consistent (every mutation is
         // completed before anything can panic), so a poisoned lock is still usable.
         self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_open_watches(&self) -> MutexGuard<'_, BTreeMap<u64, u64>> {
+        self.open_watches
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -678,7 +722,7 @@ fn start_watch(
 
     // Everything up to `position` is decided under the store lock; everything after it comes
     // from the broadcast subscription taken under the same lock.
-    let mut generation = shared.watch_generation.subscribe();
+    let mut interruptions = shared.watch_interruptions.subscribe();
     let store = shared.lock_store();
     if store.refuse_watches {
         return status_response(
@@ -721,10 +765,15 @@ fn start_watch(
     let position = store.resource_version;
     let events = shared.events.subscribe();
     drop(store);
-    generation.mark_unchanged();
+    interruptions.mark_unchanged();
 
+    let id = shared.next_watch_id.fetch_add(1, Ordering::SeqCst);
+    shared
+        .lock_open_watches()
+        .insert(id, requested.unwrap_or(position));
     let (lines, body_lines) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let stream = WatchStream {
+        id,
         shared: shared.clone(),
         kind,
         namespace,
@@ -732,10 +781,9 @@ fn start_watch(
         timeout,
         position,
         events,
-        generation,
+        interruptions,
         lines,
     };
-    shared.open_watches.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(stream.run(first_lines));
     let body = futures::stream::unfold(body_lines, |mut body_lines| async move {
         body_lines.recv().await.map(|line| (line, body_lines))
@@ -751,6 +799,7 @@ fn start_watch(
 /// One open watch: feeds its HTTP body until the client goes away, the test breaks it, or the
 /// client's `timeoutSeconds` passes.
 struct WatchStream {
+    id: u64,
     shared: Arc<Shared>,
     kind: ResourceKind,
     namespace: Option<String>,
@@ -759,14 +808,20 @@ struct WatchStream {
     /// The resource version this stream has seen everything up to (the bookmark value).
     position: u64,
     events: broadcast::Receiver<StoredEvent>,
-    generation: watch::Receiver<u64>,
+    interruptions: watch::Receiver<Interruption>,
     lines: mpsc::Sender<Result<Bytes, std::io::Error>>,
 }
 
 impl WatchStream {
     async fn run(mut self, first_lines: Vec<Bytes>) {
         self.feed(first_lines).await;
-        self.shared.open_watches.fetch_sub(1, Ordering::SeqCst);
+        self.shared.lock_open_watches().remove(&self.id);
+    }
+
+    fn told(&self, resource_version: u64) {
+        if let Some(told) = self.shared.lock_open_watches().get_mut(&self.id) {
+            *told = resource_version;
+        }
     }
 
     async fn feed(&mut self, first_lines: Vec<Bytes>) {
@@ -782,8 +837,9 @@ impl WatchStream {
         let mut bookmarked = self.position;
         loop {
             tokio::select! {
-                changed = self.generation.changed() => {
-                    if changed.is_ok() {
+                changed = self.interruptions.changed() => {
+                    let interruption = *self.interruptions.borrow_and_update();
+                    if changed.is_ok() && interruption == Interruption::Abrupt {
                         // An error in the body makes hyper abort the connection mid-stream.
                         let broken = std::io::Error::other("watch broken by the test");
                         let _ = self.lines.send(Err(broken)).await;
@@ -798,6 +854,7 @@ impl WatchStream {
                             if self.lines.send(Ok(line)).await.is_err() {
                                 return;
                             }
+                            self.told(event.resource_version);
                         }
                     }
                     // Too slow or server gone: end the stream; the client resumes from its
@@ -814,6 +871,8 @@ impl WatchStream {
                     if self.lines.send(Ok(event_line("BOOKMARK", &bookmark))).await.is_err() {
                         return;
                     }
+                    self.shared.bookmarks_sent.fetch_add(1, Ordering::SeqCst);
+                    self.told(self.position);
                 }
                 _ = &mut deadline => return,
                 _ = self.lines.closed() => return,
