@@ -62,7 +62,9 @@ const CGROUP_PROGRAMS: [&str; 9] = [
 ];
 const SK_LOOKUP_PROGRAM: &str = "mesh_vip_lookup";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Part of the node agent's configuration; serializable so the agent can log it at start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DatapathConfig {
     /// Where maps and links are pinned; must be on a mounted bpffs.
     pub pin_dir: PathBuf,
