@@ -5,7 +5,8 @@
 //! buffers a (re-)list and swaps it in at once on `InitDone`, so a re-list never shows a
 //! half-filled kind and never removes an object that still exists. Views are built from the
 //! five stores: none before every kind has completed its first full list, then a fresh one
-//! after every change, at most one per `publish_interval` so that bursts coalesce.
+//! after every change, at most one per `publish_interval` (longer when building a view of a big
+//! cluster takes a while) so that bursts coalesce.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -22,6 +23,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{ClusterObjects, ObjectKey, ViewSender};
 
@@ -219,6 +221,11 @@ impl KubernetesSource {
     /// After the first sync of a kind, every error is logged and retried with backoff while
     /// the last good state stays published.
     pub async fn run(self, views: ViewSender) -> Result<(), KubernetesError> {
+        let span = tracing::info_span!("kubernetes_source", server = %self.server);
+        self.watch_and_publish(views).instrument(span).await
+    }
+
+    async fn watch_and_publish(self, views: ViewSender) -> Result<(), KubernetesError> {
         let (services, services_writer) = reflector::store::<Service>();
         let (endpoint_slices, endpoint_slices_writer) = reflector::store::<EndpointSlice>();
         let (pods, pods_writer) = reflector::store::<Pod>();
@@ -245,7 +252,7 @@ impl KubernetesSource {
         let mut last_error = String::from("none");
         let mut unpublished_changes = false;
         let mut next_publish = started;
-        tracing::info!(server = %self.server, "watching services, endpointslices, pods, nodes and namespaces");
+        tracing::info!("watching services, endpointslices, pods, nodes and namespaces");
 
         loop {
             let all_synced = synced.len() == WatchedKind::ALL.len();
@@ -276,7 +283,6 @@ impl KubernetesSource {
                             }
                             tracing::warn!(
                                 %kind,
-                                server = %self.server,
                                 error = %error,
                                 "watch failed; retrying with backoff, the last good state stays published"
                             );
@@ -285,9 +291,13 @@ impl KubernetesSource {
                     }
                 }
                 _ = tokio::time::sleep_until(next_publish), if unpublished_changes && all_synced => {
+                    let building = Instant::now();
                     views.send_replace(Some(Arc::new(stores.view())));
                     unpublished_changes = false;
-                    next_publish = Instant::now() + self.publish_interval;
+                    // A view is a full copy of the cluster's objects. On a big cluster that
+                    // copy is not free, so keep building views to at most a fifth of the time.
+                    let built_in = building.elapsed();
+                    next_publish = Instant::now() + self.publish_interval.max(built_in * 4);
                 }
                 _ = sleep_until_option(sync_deadline), if !all_synced => {
                     let waiting_for: Vec<String> = WatchedKind::ALL
