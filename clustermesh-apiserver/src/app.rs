@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, SourceKind};
 use crate::mirror::{Mirror, MirrorSettings, MirrorStatus};
 use crate::publish::{PublishCounts, Publisher};
+use crate::security::EtcdSecurity;
 use crate::source::{ClusterSource, ViewReceiver, manifests::ManifestsSource};
 
 /// Views arriving within this window are published in one pass.
@@ -34,6 +35,8 @@ pub struct Running {
     task: JoinHandle<()>,
     source: JoinHandle<()>,
     mirror: Option<Mirror>,
+    health: JoinHandle<()>,
+    health_addr: std::net::SocketAddr,
     // Kept alive for as long as the apiserver runs.
     _session: Arc<Session>,
     _heartbeat: HeartbeatWriter,
@@ -46,6 +49,11 @@ impl Running {
 
     pub fn subscribe(&self) -> watch::Receiver<Status> {
         self.status.clone()
+    }
+
+    /// Where /healthz, /readyz and /metrics are served (the bound port, if 0 was asked).
+    pub fn health_addr(&self) -> std::net::SocketAddr {
+        self.health_addr
     }
 
     /// Per connected (or refused) peer: connected, synced, counts, last error.
@@ -71,6 +79,7 @@ impl Running {
     pub fn stop(self) {
         self.task.abort();
         self.source.abort();
+        self.health.abort();
     }
 }
 
@@ -103,6 +112,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if cluster.mesh == MaxConnectedClusters::Max511 {
         info!("mesh allows 511 clusters: identities use 15 cluster-local bits");
     }
+
+    let security = if config.etcd.tls.is_some() && config.etcd_auth {
+        Some(
+            EtcdSecurity::setup(client.clone(), schema.clone(), cluster.clone())
+                .await
+                .context("setting up etcd users, roles and authentication")?,
+        )
+    } else {
+        if config.etcd.tls.is_none() {
+            warn!(
+                "etcd without TLS: no client authentication and no read-only peers; use this only for local tests"
+            );
+        }
+        None
+    };
 
     let session = Arc::new(
         Session::start(client.clone(), config.lease_ttl)
@@ -158,12 +182,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (status_tx, status) = watch::channel(Status::default());
     // Passes also run without changes, so unused identities are released on time.
     let resync = (config.identity_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-    let task = tokio::spawn(publish_loop(views, publisher, status_tx, resync));
+    let task = tokio::spawn(publish_loop(views, publisher, security, status_tx, resync));
+    let (health_addr, health) = crate::http::serve(
+        config.health_addr,
+        status.clone(),
+        mirror.as_ref().map(Mirror::subscribe),
+    )
+    .await
+    .with_context(|| format!("listening on --health-addr {}", config.health_addr))?;
     Ok(Running {
         status,
         task,
         source,
         mirror,
+        health,
+        health_addr,
         _session: session,
         _heartbeat: heartbeat,
     })
@@ -172,6 +205,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 async fn publish_loop(
     mut views: ViewReceiver,
     mut publisher: Publisher,
+    mut security: Option<EtcdSecurity>,
     status: watch::Sender<Status>,
     resync: Duration,
 ) {
@@ -189,6 +223,12 @@ async fn publish_loop(
         let Some(view) = views.borrow_and_update().clone() else {
             continue;
         };
+        if let Some(security) = security.as_mut() {
+            let nodes = view.nodes.keys().cloned().collect();
+            if let Err(e) = security.ensure_agents(&nodes).await {
+                error!(error = %e, "cannot create etcd users for new nodes' agents");
+            }
+        }
         match publisher.publish(&view).await {
             Ok(counts) => {
                 publisher.flush().await;

@@ -48,6 +48,10 @@ pub struct Args {
     /// Key of the client certificate.
     #[arg(long, env = "ETCD_KEY", requires_all = ["etcd_ca", "etcd_cert"])]
     pub etcd_key: Option<PathBuf>,
+    /// With mTLS to etcd: create the users and roles of `security.rs` and enable etcd
+    /// authentication (peers read-only, agents write only their own record).
+    #[arg(long, env = "ETCD_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub etcd_auth: bool,
     /// Root prefix of every key in etcd.
     #[arg(long, env = "KVSTORE_PREFIX", default_value = clustermesh_model::keys::DEFAULT_ROOT)]
     pub kvstore_prefix: String,
@@ -83,6 +87,9 @@ pub struct Args {
     /// How often the heartbeat key is rewritten.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub heartbeat_interval: Duration,
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:9880")]
+    pub health_addr: std::net::SocketAddr,
     /// The cluster's CA certificate; its fingerprint is published in the cluster config so
     /// peers can check they trust the right CA.
     #[arg(long)]
@@ -114,6 +121,7 @@ pub struct Config {
     pub cluster_id: u16,
     pub max_connected_clusters: u32,
     pub etcd: EtcdConfig,
+    pub etcd_auth: bool,
     #[serde(skip)]
     pub schema: KeySchema,
     pub kvstore_prefix: String,
@@ -130,6 +138,7 @@ pub struct Config {
     pub identity_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    pub health_addr: std::net::SocketAddr,
     /// `sha256:<hex>` of the cluster CA, when given.
     pub ca_fingerprint: Option<String>,
 }
@@ -189,6 +198,7 @@ impl Config {
                 tls,
                 connect_timeout: Duration::from_secs(5),
             },
+            etcd_auth: args.etcd_auth,
             schema,
             kvstore_prefix: args.kvstore_prefix,
             source: args.source,
@@ -200,6 +210,7 @@ impl Config {
             lease_ttl: args.lease_ttl,
             identity_grace: args.identity_grace,
             heartbeat_interval: args.heartbeat_interval,
+            health_addr: args.health_addr,
             ca_fingerprint,
         })
     }

@@ -5,6 +5,8 @@
 
 pub mod app;
 pub mod config;
+pub mod http;
 pub mod mirror;
 pub mod publish;
+pub mod security;
 pub mod source;

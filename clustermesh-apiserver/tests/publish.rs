@@ -71,6 +71,20 @@ async fn manifests_are_published_and_follow_changes() {
         );
     }
     assert_eq!(dump(&c, &schema.cluster_config(&east.name)).await.len(), 1);
+
+    // Readiness and metrics say the same.
+    let (code, body) = http_get(running.health_addr(), "/readyz").await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    let (code, metrics) = http_get(running.health_addr(), "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("clustermesh_apiserver_published_objects{kind=\"services\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("clustermesh_apiserver_published_objects{kind=\"endpoints\"} 2"),
+        "{metrics}"
+    );
     assert_eq!(dump(&c, &schema.heartbeat()).await.len(), 1);
 
     // A third backend appears; then the service file is deleted and the service disappears.

@@ -113,6 +113,7 @@ pub fn apiserver_args(
         format!("--manifests-dir={}", manifests.display()),
         "--lease-ttl=30s".to_owned(),
         "--heartbeat-interval=1s".to_owned(),
+        "--health-addr=127.0.0.1:0".to_owned(),
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     config::Config::from_args(config::Args::try_parse_from(argv).unwrap()).unwrap()
@@ -165,4 +166,26 @@ pub async fn decoded(
             (k, value)
         })
         .collect()
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
 }
