@@ -15,6 +15,7 @@ use crate::config::{Config, SourceKind};
 use crate::mirror::{Mirror, MirrorSettings, MirrorStatus};
 use crate::publish::{PublishCounts, Publisher};
 use crate::security::EtcdSecurity;
+use crate::source::kubernetes::KubernetesSource;
 use crate::source::{ClusterSource, ViewReceiver, manifests::ManifestsSource};
 
 /// Views arriving within this window are published in one pass.
@@ -158,9 +159,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .context("--manifests-dir is required with --source manifests")?;
             ClusterSource::Manifests(ManifestsSource::new(dir))
         }
-        SourceKind::Kubernetes => bail!(
-            "--source kubernetes is not built yet; use --source manifests with --manifests-dir"
-        ),
+        SourceKind::Kubernetes => ClusterSource::Kubernetes(match &config.kubeconfig {
+            Some(path) => KubernetesSource::from_kubeconfig(path, config.kube_context.as_deref())
+                .await
+                .context("--kubeconfig")?,
+            None => KubernetesSource::in_cluster()
+                .context("in-cluster Kubernetes config (outside a pod, give --kubeconfig)")?,
+        }),
     };
     let (views_tx, views) = watch::channel(None);
     let source = tokio::spawn(async move {

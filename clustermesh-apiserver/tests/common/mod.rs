@@ -115,6 +115,11 @@ pub fn apiserver_args(
         "--heartbeat-interval=1s".to_owned(),
         "--health-addr=127.0.0.1:0".to_owned(),
     ];
+    // An extra flag replaces the base one of the same name.
+    argv.retain(|a| {
+        let flag = a.split('=').next().unwrap_or_default();
+        !extra.iter().any(|e| e.starts_with(&format!("{flag}=")))
+    });
     argv.extend(extra.iter().map(|s| s.to_string()));
     config::Config::from_args(config::Args::try_parse_from(argv).unwrap()).unwrap()
 }
