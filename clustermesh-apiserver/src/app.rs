@@ -38,6 +38,8 @@ pub struct Running {
     mirror: Option<Mirror>,
     health: JoinHandle<()>,
     health_addr: std::net::SocketAddr,
+    status_api: JoinHandle<()>,
+    status_addr: std::net::SocketAddr,
     // Kept alive for as long as the apiserver runs.
     _session: Arc<Session>,
     _heartbeat: HeartbeatWriter,
@@ -55,6 +57,11 @@ impl Running {
     /// Where /healthz, /readyz and /metrics are served (the bound port, if 0 was asked).
     pub fn health_addr(&self) -> std::net::SocketAddr {
         self.health_addr
+    }
+
+    /// Where the gRPC status API is served (the bound port, if 0 was asked).
+    pub fn status_addr(&self) -> std::net::SocketAddr {
+        self.status_addr
     }
 
     /// Per connected (or refused) peer: connected, synced, counts, last error.
@@ -81,6 +88,7 @@ impl Running {
         self.task.abort();
         self.source.abort();
         self.health.abort();
+        self.status_api.abort();
     }
 }
 
@@ -195,6 +203,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )
     .await
     .with_context(|| format!("listening on --health-addr {}", config.health_addr))?;
+    let (status_addr, status_api) = crate::status_api::serve(
+        config.status_addr,
+        cluster.clone(),
+        status.clone(),
+        mirror.as_ref().map(Mirror::subscribe),
+    )
+    .await
+    .with_context(|| format!("listening on --status-addr {}", config.status_addr))?;
     Ok(Running {
         status,
         task,
@@ -202,6 +218,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         mirror,
         health,
         health_addr,
+        status_api,
+        status_addr,
         _session: session,
         _heartbeat: heartbeat,
     })

@@ -90,6 +90,9 @@ pub struct Args {
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:9880")]
     pub health_addr: std::net::SocketAddr,
+    /// Where the gRPC status API (`clustermesh status`) is served; loopback by default.
+    #[arg(long, env = "STATUS_ADDR", default_value = "127.0.0.1:9963")]
+    pub status_addr: std::net::SocketAddr,
     /// The cluster's CA certificate; its fingerprint is published in the cluster config so
     /// peers can check they trust the right CA.
     #[arg(long)]
@@ -139,6 +142,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     pub health_addr: std::net::SocketAddr,
+    pub status_addr: std::net::SocketAddr,
     /// `sha256:<hex>` of the cluster CA, when given.
     pub ca_fingerprint: Option<String>,
 }
@@ -211,6 +215,7 @@ impl Config {
             identity_grace: args.identity_grace,
             heartbeat_interval: args.heartbeat_interval,
             health_addr: args.health_addr,
+            status_addr: args.status_addr,
             ca_fingerprint,
         })
     }

@@ -10,3 +10,4 @@ pub mod mirror;
 pub mod publish;
 pub mod security;
 pub mod source;
+pub mod status_api;

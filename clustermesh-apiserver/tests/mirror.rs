@@ -192,6 +192,28 @@ async fn west_mirrors_east_and_refuses_forgeries() {
     )
     .await;
 
+    // The gRPC status API, as `clustermesh status` reads it.
+    let mut api =
+        clustermesh_api::apiserver::apiserver_status_client::ApiserverStatusClient::connect(
+            format!("http://{}", west_api.status_addr()),
+        )
+        .await
+        .unwrap();
+    let reply = api
+        .get_status(clustermesh_api::apiserver::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.cluster_name.as_str(), reply.cluster_id, reply.ready),
+        ("west", 2, true)
+    );
+    let peer = &reply.peers[0];
+    assert_eq!(peer.name, "east");
+    assert!(peer.connected && peer.synced, "{peer:?}");
+    assert_eq!(peer.mirrored["services"], 1);
+    assert_eq!(peer.rejected["cluster_name"], 1);
+
     // Removing the peer file removes the cache.
     std::fs::remove_file(peers.path().join("east.yaml")).unwrap();
     assert_eventually(

@@ -114,6 +114,7 @@ pub fn apiserver_args(
         "--lease-ttl=30s".to_owned(),
         "--heartbeat-interval=1s".to_owned(),
         "--health-addr=127.0.0.1:0".to_owned(),
+        "--status-addr=127.0.0.1:0".to_owned(),
     ];
     // An extra flag replaces the base one of the same name.
     argv.retain(|a| {
