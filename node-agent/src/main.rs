@@ -1,18 +1,54 @@
-//! `clustermesh-agent`: watches the local etcd, merges global services across clusters and programs the eBPF socket load balancer and the tunnel
-//!
-//! Not built yet: this binary only exists so the workspace has its final shape.
-//! It says so and exits non-zero instead of pretending to work.
+//! `clustermesh-agent`: watches the local etcd, merges global services across clusters and
+//! programs the eBPF socket load balancer. The tunnel is not wired in yet.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use clustermesh_node_agent::{app, config};
+use tracing_subscriber::EnvFilter;
 
-#[derive(Parser, Debug)]
-#[command(version, about = "watches the local etcd, merges global services across clusters and programs the eBPF socket load balancer and the tunnel")]
-struct Args {}
-
-fn main() -> ExitCode {
-    let _args = Args::parse();
-    eprintln!("clustermesh-agent: not implemented yet; see ARCHITECTURE.md for what exists today");
-    ExitCode::from(2)
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if std::env::var("LOG_FORMAT").as_deref() == Ok("json") {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let args = config::Args::parse();
+    let config = match config::Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("clustermesh-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "clustermesh-agent effective configuration: {}",
+        serde_json::to_string_pretty(&config).unwrap_or_default()
+    );
+    let running = match app::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("clustermesh-agent: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("clustermesh-agent: cannot handle SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping; the datapath stays pinned and keeps serving");
+    running.stop().await;
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,365 @@
+//! Wires the agent together: connect to the local etcd, keep a session and the liveness
+//! record, load the datapath (adopting what an earlier run pinned), set the mesh routes, watch
+//! the inputs, and program the datapath from the merge once the first full sync is in.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clustermesh_ebpf::Datapath;
+use clustermesh_model::Agent;
+use clustermesh_store::{Session, connect};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::inputs::{self, Inputs, Source};
+use crate::liveness::{LivenessRecord, read_boot_id};
+use crate::merge::merge;
+use crate::mesh_vip::TunnelTable;
+use crate::metrics::{ClusterLabels, Metrics, ReasonLabels};
+use crate::program::Programmer;
+use crate::routes::ensure_mesh_routes;
+use crate::status::{self, BackendStatus, FrontendStatus, Status};
+
+/// A running agent. Dropping it stops the control loop; the datapath stays pinned and keeps
+/// serving with what was programmed last.
+pub struct Running {
+    status: watch::Receiver<Status>,
+    tunnel: watch::Receiver<TunnelTable>,
+    status_addr: std::net::SocketAddr,
+    control: JoinHandle<()>,
+    http: Vec<JoinHandle<()>>,
+    session: Option<Arc<Session>>,
+    _liveness: LivenessRecord,
+}
+
+impl Running {
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Every mesh VIP and where the tunnel must send its connections.
+    pub fn tunnel_table(&self) -> watch::Receiver<TunnelTable> {
+        self.tunnel.clone()
+    }
+
+    /// Where the status endpoints listen (the bound port, if 0 was asked).
+    pub fn status_addr(&self) -> std::net::SocketAddr {
+        self.status_addr
+    }
+
+    /// Waits until the first full sync is programmed.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let mut status = self.status.clone();
+        let ready = tokio::time::timeout(timeout, status.wait_for(|s| s.ready)).await;
+        match ready {
+            Ok(Ok(_)) => Ok(()),
+            _ => anyhow::bail!(
+                "agent not ready after {timeout:?}: {}",
+                self.status()
+                    .waiting_for
+                    .unwrap_or_else(|| "no reason given".into())
+            ),
+        }
+    }
+
+    /// Stops the agent: the control loop ends (its datapath handles close; pins stay) and the
+    /// lease is revoked, so the liveness record vanishes now rather than after its TTL.
+    pub async fn stop(mut self) {
+        self.control.abort();
+        let _ = (&mut self.control).await;
+        for task in &self.http {
+            task.abort();
+        }
+        if let Some(session) = self.session.take().and_then(|s| Arc::try_unwrap(s).ok()) {
+            session.close().await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.control.abort();
+        for task in &self.http {
+            task.abort();
+        }
+    }
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    info!(
+        config = %serde_json::to_string(&config).unwrap_or_default(),
+        "effective configuration"
+    );
+    let client = connect(&config.etcd)
+        .await
+        .context("connecting to the local etcd")?;
+
+    // The datapath first: if it cannot load, nothing else is worth starting.
+    let mut datapath = Datapath::load(&config.datapath).context("loading the eBPF datapath")?;
+    datapath
+        .attach_cgroup(&config.cgroup)
+        .with_context(|| format!("attaching to the node cgroup {}", config.cgroup.display()))?;
+    datapath
+        .attach_sk_lookup(&config.netns)
+        .with_context(|| format!("attaching sk_lookup in {}", config.netns.display()))?;
+    ensure_mesh_routes(&config.netns, &config.datapath.mesh_vip_ranges)
+        .context("routing the mesh VIP ranges")?;
+    let programmer = Programmer::adopt(datapath, &config.datapath.mesh_vip_ranges)
+        .context("adopting the pinned datapath")?;
+    let tunnel = programmer.subscribe_tunnel_table();
+
+    let session = Arc::new(
+        Session::start(client.clone(), config.lease_ttl)
+            .await
+            .context("starting the etcd session for the liveness record")?,
+    );
+    let liveness = LivenessRecord::start(
+        client.clone(),
+        session.clone(),
+        config.schema.state(
+            &config.cluster.name,
+            &clustermesh_model::ObjectName::Agent(config.node_name.clone()),
+        ),
+        Agent {
+            cluster: config.cluster.name.clone(),
+            cluster_id: config.cluster.id,
+            node: config.node_name.clone(),
+            tunnel_address: config.tunnel_address,
+            cert_fingerprint: config.cert_fingerprint.clone(),
+            boot_id: read_boot_id()?,
+        },
+    );
+
+    let mut registry = Registry::with_prefix("clustermesh_agent");
+    let metrics = Metrics::new(&mut registry);
+    let registry = Arc::new(Mutex::new(registry));
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let (status_addr, http) = status::serve(
+        config.status_addr,
+        config.status_socket.as_deref(),
+        status_rx.clone(),
+        registry,
+    )
+    .await?;
+
+    let (watches, events) = inputs::watch(&client, &config.schema, &config.cluster.name);
+    let inputs = Inputs::new(config.schema.clone(), config.cluster.clone());
+    let control = tokio::spawn(control_loop(ControlLoop {
+        config,
+        inputs,
+        programmer,
+        events,
+        status: status_tx,
+        metrics,
+        liveness: liveness.subscribe(),
+        _watches: watches,
+    }));
+    Ok(Running {
+        status: status_rx,
+        tunnel,
+        status_addr,
+        control,
+        http,
+        session: Some(session),
+        _liveness: liveness,
+    })
+}
+
+struct ControlLoop {
+    config: Config,
+    inputs: Inputs,
+    programmer: Programmer<Datapath>,
+    events: mpsc::Receiver<(Source, clustermesh_store::WatchEvent)>,
+    status: watch::Sender<Status>,
+    metrics: Metrics,
+    liveness: watch::Receiver<bool>,
+    _watches: inputs::Watches,
+}
+
+async fn control_loop(mut cl: ControlLoop) {
+    let started = Instant::now();
+    let mut ready = false;
+    let mut dirty = true;
+    let mut rejected_seen: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            event = cl.events.recv() => {
+                let Some((source, event)) = event else {
+                    warn!("the etcd watches ended; the agent stops programming");
+                    return;
+                };
+                dirty |= cl.inputs.apply(source, event);
+                // Coalesce a burst: everything that arrives within the window is one pass.
+                let window = tokio::time::Instant::now() + cl.config.coalesce;
+                while let Ok(Some((source, event))) =
+                    tokio::time::timeout_at(window, cl.events.recv()).await
+                {
+                    dirty |= cl.inputs.apply(source, event);
+                }
+            }
+            _ = tick.tick() => {}
+        }
+
+        if !ready {
+            match waiting_for(&cl.inputs, started, cl.config.peer_sync_timeout) {
+                Some(reason) => {
+                    let liveness = *cl.liveness.borrow();
+                    cl.status.send_modify(|s| {
+                        s.waiting_for = Some(reason);
+                        s.local_synced = cl.inputs.local_synced();
+                        s.peers = peers(&cl.inputs);
+                        s.liveness_record_written = liveness;
+                    });
+                    continue;
+                }
+                None => {
+                    info!(elapsed = ?started.elapsed(), "first full sync is in; programming the datapath");
+                    ready = true;
+                    dirty = true;
+                }
+            }
+        }
+        if !dirty {
+            let liveness = *cl.liveness.borrow();
+            cl.status.send_if_modified(|s| {
+                let changed = s.liveness_record_written != liveness;
+                s.liveness_record_written = liveness;
+                changed
+            });
+            continue;
+        }
+        dirty = false;
+        pass(&mut cl, &mut rejected_seen);
+    }
+}
+
+/// Why the agent may not program yet, or `None` once it may.
+fn waiting_for(inputs: &Inputs, started: Instant, peer_timeout: Duration) -> Option<String> {
+    if !inputs.listed() {
+        return Some("the first list of the local etcd".into());
+    }
+    if !inputs.local_synced() {
+        return Some("the local apiserver's first full sync (synced/<cluster>/services)".into());
+    }
+    let unsynced: Vec<String> = inputs
+        .peers()
+        .into_iter()
+        .filter(|(_, p)| !p.synced)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if !unsynced.is_empty() && started.elapsed() < peer_timeout {
+        return Some(format!("the mirror of peers {unsynced:?} to be synced"));
+    }
+    if !unsynced.is_empty() {
+        warn!(peers = ?unsynced, "peer mirrors not synced within the timeout; programming without them");
+    }
+    None
+}
+
+fn peers(inputs: &Inputs) -> std::collections::BTreeMap<String, inputs::PeerSummary> {
+    inputs
+        .peers()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+fn pass(cl: &mut ControlLoop, rejected_seen: &mut std::collections::BTreeMap<&'static str, u64>) {
+    let desired = merge(&cl.inputs.merge_input());
+    let inputs = &cl.inputs;
+    let report = cl.programmer.apply(&desired, |cluster, node| {
+        inputs.tunnel_address(cluster, node)
+    });
+    if !report.errors.is_empty() {
+        warn!(errors = ?report.errors, "programming pass had errors; the next pass retries");
+    }
+
+    let m = &cl.metrics;
+    m.ready.set(1);
+    m.passes.inc();
+    m.pass_duration.observe(report.duration.as_secs_f64());
+    m.map_errors.inc_by(report.errors.len() as u64);
+    m.services_programmed
+        .set(cl.programmer.programmed().len() as i64);
+    m.backends_programmed.clear();
+    for (cluster, n) in &report.backends_by_cluster {
+        let cluster = if cluster.is_empty() {
+            cl.config.cluster_name.clone()
+        } else {
+            cluster.clone()
+        };
+        m.backends_programmed
+            .get_or_create(&ClusterLabels { cluster })
+            .set(*n as i64);
+    }
+    for (reason, n) in &cl.inputs.rejected {
+        let seen = rejected_seen.entry(reason).or_default();
+        m.validation_failures
+            .get_or_create(&ReasonLabels {
+                reason: (*reason).to_owned(),
+            })
+            .inc_by(n - *seen);
+        *seen = *n;
+    }
+
+    let frontends = desired
+        .iter()
+        .map(|(frontend, merged)| FrontendStatus {
+            service: merged.service.clone(),
+            frontend: frontend.addr,
+            protocol: match frontend.protocol {
+                clustermesh_ebpf::Protocol::Tcp => "TCP",
+                clustermesh_ebpf::Protocol::Udp => "UDP",
+            },
+            backends: merged
+                .backends
+                .iter()
+                .map(|b| BackendStatus {
+                    cluster: BackendStatus::cluster_of(&b.location),
+                    addr: b.addr,
+                    node: b.node.clone(),
+                    state: if b.active { "active" } else { "standby" },
+                    mesh_vip: match &b.location {
+                        crate::merge::BackendLocation::Remote { cluster } => {
+                            cl.programmer.mesh_vip(cluster, b.addr.ip())
+                        }
+                        crate::merge::BackendLocation::Local => None,
+                    },
+                })
+                .collect(),
+        })
+        .collect();
+    let liveness = *cl.liveness.borrow();
+    let last_error = report.errors.first().cloned();
+    cl.status.send_modify(|s| {
+        s.ready = true;
+        s.waiting_for = None;
+        s.local_synced = cl.inputs.local_synced();
+        s.local_services = cl.inputs.local_service_count();
+        s.peers = peers(&cl.inputs);
+        s.frontends = frontends;
+        s.passes += 1;
+        s.last_pass = Some(report);
+        s.liveness_record_written = liveness;
+        s.rejected = cl
+            .inputs
+            .rejected
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        if last_error.is_some() {
+            s.last_error = last_error;
+        } else if let Some(rejection) = &cl.inputs.last_rejection {
+            s.last_error = Some(rejection.clone());
+        }
+    });
+}

@@ -1,0 +1,326 @@
+//! The agent's configuration: flags, with the lab's and Kubernetes' `CLUSTERMESH_*`
+//! environment variables as defaults, checked once at start into a typed `Config` that is
+//! logged in full; a bad setting is named in the error.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use clustermesh_ebpf::DatapathConfig;
+use clustermesh_model::{
+    ClusterId, ClusterName, ExpectedCluster, KeySchema, MaxConnectedClusters, is_dns_subdomain,
+};
+use clustermesh_store::{EtcdConfig, TlsPaths};
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// The agent's default tunnel port (ARCHITECTURE.md).
+pub const DEFAULT_TUNNEL_PORT: u16 = 4244;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "clustermesh-agent",
+    version,
+    about = "Watches the local etcd, merges global services across clusters and programs the eBPF socket load balancer"
+)]
+pub struct Args {
+    /// This cluster's name.
+    #[arg(long, env = "CLUSTERMESH_CLUSTER_NAME")]
+    pub cluster_name: String,
+    /// This cluster's ID (1..=255, or 1..=511 with --max-connected-clusters 511).
+    #[arg(long, env = "CLUSTERMESH_CLUSTER_ID")]
+    pub cluster_id: u32,
+    /// How many clusters the mesh may hold: 255 or 511.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_MAX_CONNECTED_CLUSTERS",
+        default_value_t = 255
+    )]
+    pub max_connected_clusters: u32,
+    /// The local cluster's etcd client URLs, comma separated.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// CA bundle that signs the etcd server certificate.
+    #[arg(long, env = "CLUSTERMESH_ETCD_CA", requires_all = ["etcd_cert", "etcd_key"])]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (the node's agent user).
+    #[arg(long, env = "CLUSTERMESH_ETCD_CERT", requires_all = ["etcd_ca", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// Key of the client certificate.
+    #[arg(long, env = "CLUSTERMESH_ETCD_KEY", requires_all = ["etcd_ca", "etcd_cert"])]
+    pub etcd_key: Option<PathBuf>,
+    /// Root prefix of every key in etcd.
+    #[arg(long, env = "CLUSTERMESH_KVSTORE_PREFIX", default_value = clustermesh_model::keys::DEFAULT_ROOT)]
+    pub kvstore_prefix: String,
+
+    /// This node's Kubernetes name.
+    #[arg(long, env = "CLUSTERMESH_NODE_NAME")]
+    pub node_name: String,
+    /// This node's IP: the default tunnel address.
+    #[arg(long, env = "CLUSTERMESH_NODE_IP")]
+    pub node_ip: IpAddr,
+    /// This node's pod CIDR (informational; the lab sets it).
+    #[arg(long, env = "CLUSTERMESH_NODE_POD_CIDR")]
+    pub node_pod_cidr: Option<IpNet>,
+    /// The cgroup v2 directory whose processes get the socket load balancer.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_NODE_CGROUP",
+        default_value = "/sys/fs/cgroup"
+    )]
+    pub cgroup: PathBuf,
+    /// Where the datapath's maps and links are pinned (on a mounted bpffs).
+    #[arg(long, env = "CLUSTERMESH_BPFFS_DIR", default_value = DatapathConfig::DEFAULT_PIN_DIR)]
+    pub bpffs_dir: PathBuf,
+    /// The node's network namespace: mesh-VIP routes and the sk_lookup program go there.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_NODE_NETNS",
+        default_value = "/proc/self/ns/net"
+    )]
+    pub netns: PathBuf,
+    /// Mesh VIP ranges for remote backends (one IPv4, optionally one IPv6), comma separated.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_MESH_VIP_RANGES",
+        value_delimiter = ',',
+        default_values_t = [DatapathConfig::DEFAULT_MESH_VIP_RANGE_V4.parse::<IpNet>().expect("valid"), DatapathConfig::DEFAULT_MESH_VIP_RANGE_V6.parse::<IpNet>().expect("valid")]
+    )]
+    pub mesh_vip_ranges: Vec<IpNet>,
+
+    /// Where this node's tunnel listens, as published in its liveness record
+    /// (default: <node-ip>:4244).
+    #[arg(long, env = "CLUSTERMESH_TUNNEL_ADDRESS")]
+    pub tunnel_address: Option<SocketAddr>,
+    /// The tunnel certificate (PEM); its SHA-256 fingerprint is published. Without one the
+    /// record carries the all-zero fingerprint, which no certificate has.
+    #[arg(long, env = "CLUSTERMESH_TUNNEL_CERT")]
+    pub tunnel_cert: Option<PathBuf>,
+    /// Lease TTL of the liveness record: how long a dead agent stays a tunnel target.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    pub lease_ttl: Duration,
+
+    /// How long to wait for a peer's mirror to be synced before programming without it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub peer_sync_timeout: Duration,
+    /// Events within this window are merged and programmed in one pass.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
+    pub coalesce: Duration,
+
+    /// Where the JSON status, /metrics, /healthz and /readyz are served over TCP.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_STATUS_ADDR",
+        default_value = "127.0.0.1:9964"
+    )]
+    pub status_addr: SocketAddr,
+    /// The same endpoints on a unix socket (for `clustermesh status` on the node).
+    #[arg(long, env = "CLUSTERMESH_STATUS_SOCKET")]
+    pub status_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--cluster-name: {0}")]
+    ClusterName(clustermesh_model::ClusterError),
+    #[error("--max-connected-clusters: {0}")]
+    MaxConnected(clustermesh_model::ClusterError),
+    #[error("--cluster-id: {0}")]
+    ClusterId(clustermesh_model::ClusterError),
+    #[error("--kvstore-prefix: {0}")]
+    Prefix(clustermesh_model::KeyError),
+    #[error("--node-name {0:?} is not a Kubernetes node name (a DNS subdomain)")]
+    NodeName(String),
+    #[error("--lease-ttl must be at least 2s (etcd's shortest lease), not {0:?}")]
+    LeaseTtl(Duration),
+    #[error(
+        "--mesh-vip-ranges: give at most one IPv4 and one IPv6 range, each with room for addresses; got {0:?}"
+    )]
+    MeshVipRanges(Vec<IpNet>),
+    #[error("--tunnel-cert {path}: {reason}")]
+    TunnelCert { path: PathBuf, reason: String },
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    #[serde(skip)]
+    pub cluster: ExpectedCluster,
+    pub cluster_name: String,
+    pub cluster_id: u16,
+    #[serde(skip)]
+    pub schema: KeySchema,
+    pub kvstore_prefix: String,
+    pub etcd: EtcdConfig,
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub node_pod_cidr: Option<IpNet>,
+    pub cgroup: PathBuf,
+    pub netns: PathBuf,
+    pub datapath: DatapathConfig,
+    pub tunnel_address: SocketAddr,
+    pub cert_fingerprint: String,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub peer_sync_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub coalesce: Duration,
+    pub status_addr: SocketAddr,
+    pub status_socket: Option<PathBuf>,
+}
+
+mod humantime_serde {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// The fingerprint published when no tunnel certificate is configured yet.
+pub const NO_CERT_FINGERPRINT: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+impl Config {
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let mesh = MaxConnectedClusters::try_from(args.max_connected_clusters)
+            .map_err(ConfigError::MaxConnected)?;
+        let name = ClusterName::new(&args.cluster_name).map_err(ConfigError::ClusterName)?;
+        let id = ClusterId::new(args.cluster_id, mesh).map_err(ConfigError::ClusterId)?;
+        let schema = KeySchema::new(&args.kvstore_prefix).map_err(ConfigError::Prefix)?;
+        if !is_dns_subdomain(&args.node_name) {
+            return Err(ConfigError::NodeName(args.node_name));
+        }
+        if args.lease_ttl < Duration::from_secs(2) {
+            return Err(ConfigError::LeaseTtl(args.lease_ttl));
+        }
+        let v4 = args
+            .mesh_vip_ranges
+            .iter()
+            .filter(|r| r.network().is_ipv4())
+            .count();
+        let roomy = args
+            .mesh_vip_ranges
+            .iter()
+            .all(|r| r.max_prefix_len() - r.prefix_len() >= 2);
+        if v4 > 1 || args.mesh_vip_ranges.len() - v4 > 1 || !roomy {
+            return Err(ConfigError::MeshVipRanges(args.mesh_vip_ranges));
+        }
+        let cert_fingerprint = match &args.tunnel_cert {
+            None => NO_CERT_FINGERPRINT.to_owned(),
+            Some(path) => fingerprint(path)?,
+        };
+        let etcd = EtcdConfig {
+            endpoints: args.etcd_endpoints,
+            tls: match (args.etcd_ca, args.etcd_cert, args.etcd_key) {
+                (Some(ca), Some(cert), Some(key)) => Some(TlsPaths { ca, cert, key }),
+                _ => None,
+            },
+            connect_timeout: Duration::from_secs(5),
+        };
+        Ok(Self {
+            cluster: ExpectedCluster { name, id, mesh },
+            cluster_name: args.cluster_name,
+            cluster_id: id.get(),
+            schema,
+            kvstore_prefix: args.kvstore_prefix,
+            etcd,
+            node_name: args.node_name,
+            node_ip: args.node_ip,
+            node_pod_cidr: args.node_pod_cidr,
+            cgroup: args.cgroup,
+            netns: args.netns,
+            datapath: DatapathConfig {
+                pin_dir: args.bpffs_dir,
+                mesh_vip_ranges: args.mesh_vip_ranges,
+            },
+            tunnel_address: args
+                .tunnel_address
+                .unwrap_or(SocketAddr::new(args.node_ip, DEFAULT_TUNNEL_PORT)),
+            cert_fingerprint,
+            lease_ttl: args.lease_ttl,
+            peer_sync_timeout: args.peer_sync_timeout,
+            coalesce: args.coalesce,
+            status_addr: args.status_addr,
+            status_socket: args.status_socket,
+        })
+    }
+}
+
+/// `sha256:<hex>` of the first certificate in a PEM file.
+fn fingerprint(path: &std::path::Path) -> Result<String, ConfigError> {
+    use sha2::Digest;
+    let bad = |reason: String| ConfigError::TunnelCert {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+    let digest = sha2::Sha256::digest(&pem.contents);
+    Ok(format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec![
+            "clustermesh-agent",
+            "--cluster-name=west",
+            "--cluster-id=2",
+            "--etcd-endpoints=http://127.0.0.1:2379",
+            "--node-name=node-1",
+            "--node-ip=192.168.1.2",
+        ];
+        argv.extend(extra);
+        let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.tunnel_address, "192.168.1.2:4244".parse().unwrap());
+        assert_eq!(c.datapath.mesh_vip_ranges[0].to_string(), "100.64.0.0/10");
+        assert_eq!(c.cert_fingerprint, NO_CERT_FINGERPRINT);
+        let printed = serde_json::to_string(&c).unwrap();
+        assert!(
+            printed.contains("\"peer_sync_timeout\":\"30s\""),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn a_bad_setting_names_itself() {
+        for (flag, named) in [
+            ("--cluster-id=0", "--cluster-id"),
+            ("--cluster-name=West_1", "--cluster-name"),
+            ("--node-name=Node_1", "--node-name"),
+            ("--lease-ttl=1s", "--lease-ttl"),
+            (
+                "--mesh-vip-ranges=100.64.0.0/10,10.0.0.0/8",
+                "--mesh-vip-ranges",
+            ),
+            ("--node-ip=not-an-ip", "--node-ip"),
+            ("--coalesce=soon", "--coalesce"),
+        ] {
+            let error = parse(&[flag]).unwrap_err();
+            assert!(error.contains(named), "{flag}: {error}");
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! What the agent reads from its own cluster's etcd, and nothing else: the local cluster's
+//! global services (shared under `state/`, local-only under `local/`), the local synced marker,
+//! and the `cache/` mirror of every connected peer (services, agent records, synced markers)
+//! that the local apiserver maintains.
+//!
+//! Every value is decoded strictly (`model::decode_state`) for the cluster it claims to be
+//! from; a value that fails is counted by reason and never used. A peer's cluster ID is taken
+//! from its mirror's synced markers (written by the local apiserver, which checked the peer's
+//! ID against its peer configuration); until a marker says who the peer is, its values wait
+//! undecoded — which is also the merge rule: a peer that never synced contributes nothing.
+//!
+//! A peer is *connected* while anything of it is in the mirror; the apiserver deletes the whole
+//! mirror when it disconnects a peer, so the peer then disappears from the input.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clustermesh_model::{
+    Agent, ClusterId, ClusterName, ExpectedCluster, GlobalService, Key, KeySchema, Kind, Limits,
+    MaxConnectedClusters, ObjectName, StateValue, decode_marker, decode_state,
+};
+use clustermesh_store::{Client, WatchEvent, WatchReader};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::merge::{MergeInput, PeerInput, ServiceMap, ServiceName};
+
+/// Which watch an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Source {
+    /// `state/services/v1/<local>/`
+    SharedServices,
+    /// `local/services/v1/<local>/`
+    LocalOnlyServices,
+    /// `synced/<local>/services`
+    LocalSynced,
+    /// `cache/`: every peer's mirror.
+    Cache,
+}
+
+impl Source {
+    pub const ALL: [Source; 4] = [
+        Source::SharedServices,
+        Source::LocalOnlyServices,
+        Source::LocalSynced,
+        Source::Cache,
+    ];
+
+    fn prefix(self, schema: &KeySchema, local: &ClusterName) -> String {
+        match self {
+            Source::SharedServices => schema.state_prefix(Kind::Services, local),
+            Source::LocalOnlyServices => schema.local_prefix(Kind::Services, local),
+            Source::LocalSynced => schema.synced(local, Kind::Services),
+            Source::Cache => schema.cache_root(),
+        }
+    }
+}
+
+/// The watch readers behind the inputs; dropping this stops them.
+pub struct Watches {
+    _readers: Vec<WatchReader>,
+}
+
+/// Starts one watch reader per source; their events arrive, tagged, on the returned channel.
+pub fn watch(
+    client: &Client,
+    schema: &KeySchema,
+    local: &ClusterName,
+) -> (Watches, mpsc::Receiver<(Source, WatchEvent)>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let mut readers = Vec::new();
+    for source in Source::ALL {
+        let (reader, mut events) =
+            WatchReader::spawn(client.clone(), source.prefix(schema, local), 1024);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if tx.send((source, event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        readers.push(reader);
+    }
+    (Watches { _readers: readers }, rx)
+}
+
+/// One peer's mirror as far as the agent uses it.
+#[derive(Debug, Default)]
+struct PeerState {
+    id: Option<ClusterId>,
+    /// Values that arrived before the peer's ID was known, by key.
+    undecoded: BTreeMap<String, Vec<u8>>,
+    /// Service keys by etcd key, so a delete (which carries only the key) finds its service.
+    services: Arc<ServiceMap>,
+    agents: BTreeMap<String, Agent>,
+    /// Kinds whose mirror is complete.
+    markers: BTreeSet<Kind>,
+    /// The services at the last pass where the mirror was synced.
+    last_synced: Option<Arc<ServiceMap>>,
+}
+
+impl PeerState {
+    fn is_empty(&self) -> bool {
+        self.undecoded.is_empty()
+            && self.services.is_empty()
+            && self.agents.is_empty()
+            && self.markers.is_empty()
+    }
+
+    fn synced(&self) -> bool {
+        self.id.is_some() && self.markers.contains(&Kind::Services)
+    }
+}
+
+/// Per peer, for status output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerSummary {
+    pub connected: bool,
+    pub synced: bool,
+    pub cluster_id: Option<u16>,
+    pub services: usize,
+    pub agents: usize,
+}
+
+/// Everything read so far.
+#[derive(Debug)]
+pub struct Inputs {
+    schema: KeySchema,
+    local: ExpectedCluster,
+    limits: Limits,
+    /// Local services by etcd key (shared and local-only keys differ).
+    local_services: BTreeMap<String, Arc<GlobalService>>,
+    local_synced: bool,
+    peers: BTreeMap<ClusterName, PeerState>,
+    initialized: BTreeSet<Source>,
+    /// Values refused, by `DecodeError::reason()`.
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub last_rejection: Option<String>,
+}
+
+impl Inputs {
+    pub fn new(schema: KeySchema, local: ExpectedCluster) -> Self {
+        Self {
+            schema,
+            local,
+            limits: Limits::default(),
+            local_services: BTreeMap::new(),
+            local_synced: false,
+            peers: BTreeMap::new(),
+            initialized: BTreeSet::new(),
+            rejected: BTreeMap::new(),
+            last_rejection: None,
+        }
+    }
+
+    /// Every watch has delivered its first full list.
+    pub fn listed(&self) -> bool {
+        Source::ALL.iter().all(|s| self.initialized.contains(s))
+    }
+
+    /// The local apiserver's first full sync of services is in etcd.
+    pub fn local_synced(&self) -> bool {
+        self.local_synced
+    }
+
+    /// Peers whose mirror exists, and whether each is synced.
+    pub fn peers(&self) -> BTreeMap<ClusterName, PeerSummary> {
+        self.peers
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    PeerSummary {
+                        connected: true,
+                        synced: p.synced(),
+                        cluster_id: p.id.map(ClusterId::get),
+                        services: p.services.len(),
+                        agents: p.agents.len(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    pub fn local_service_count(&self) -> usize {
+        self.local_services.len()
+    }
+
+    /// The tunnel listener of `node` in `cluster`, if that node's agent is alive there.
+    pub fn tunnel_address(&self, cluster: &ClusterName, node: &str) -> Option<SocketAddr> {
+        self.peers
+            .get(cluster)?
+            .agents
+            .get(node)
+            .map(|a| a.tunnel_address)
+    }
+
+    /// Applies one watch event. Returns whether anything the merge reads may have changed.
+    pub fn apply(&mut self, source: Source, event: WatchEvent) -> bool {
+        match event {
+            WatchEvent::Init => false,
+            WatchEvent::InitDone => {
+                self.initialized.insert(source);
+                true
+            }
+            WatchEvent::InitApply(entry) | WatchEvent::Upsert(entry) => {
+                self.upsert(source, &entry.key, entry.value)
+            }
+            WatchEvent::Delete { key } => self.delete(source, &key),
+        }
+    }
+
+    fn reject(&mut self, key: &str, reason: &'static str, error: impl std::fmt::Display) {
+        tracing::warn!(%key, %error, "refused a value from the local etcd; not used");
+        *self.rejected.entry(reason).or_default() += 1;
+        self.last_rejection = Some(format!("{key}: {error}"));
+    }
+
+    fn upsert(&mut self, source: Source, key: &str, value: Vec<u8>) -> bool {
+        match source {
+            Source::SharedServices | Source::LocalOnlyServices => {
+                match decode_state(&self.schema, key, &value, &self.local, &self.limits) {
+                    Ok((_, StateValue::Service(service))) => {
+                        self.local_services
+                            .insert(key.to_owned(), Arc::new(service));
+                        true
+                    }
+                    Ok(_) => false,
+                    Err(e) => {
+                        self.reject(key, e.reason(), &e);
+                        false
+                    }
+                }
+            }
+            Source::LocalSynced => match decode_marker(&value, &self.local, &self.limits) {
+                Ok(_) => {
+                    let was = self.local_synced;
+                    self.local_synced = true;
+                    !was
+                }
+                Err(e) => {
+                    self.reject(key, e.reason(), &e);
+                    false
+                }
+            },
+            Source::Cache => self.upsert_cache(key, value),
+        }
+    }
+
+    fn upsert_cache(&mut self, key: &str, value: Vec<u8>) -> bool {
+        let parsed = match self.schema.parse(key) {
+            Ok(k) => k,
+            Err(e) => {
+                self.reject(key, "key", &e);
+                return false;
+            }
+        };
+        match parsed {
+            Key::CacheSynced { remote, kind } => self.peer_marker(remote, kind, key, &value),
+            Key::Cache { remote, object } => {
+                if !matches!(object.kind(), Kind::Services | Kind::Agents) {
+                    // Endpoints, identities and node facts are not needed by the merge.
+                    return false;
+                }
+                if remote == self.local.name {
+                    self.reject(key, "unexpected_cluster", "a mirror of the local cluster");
+                    return false;
+                }
+                let peer = self.peers.entry(remote).or_default();
+                if peer.id.is_none() {
+                    peer.undecoded.insert(key.to_owned(), value);
+                    return false;
+                }
+                self.decode_peer_value(key, &value)
+            }
+            _ => false,
+        }
+    }
+
+    /// Decodes a mirrored value of a peer whose ID is known and stores it.
+    fn decode_peer_value(&mut self, key: &str, value: &[u8]) -> bool {
+        let Ok(Key::Cache { remote, .. }) = self.schema.parse(key) else {
+            return false;
+        };
+        let Some(id) = self.peers.get(&remote).and_then(|p| p.id) else {
+            return false;
+        };
+        let expected = ExpectedCluster {
+            name: remote.clone(),
+            id,
+            mesh: self.local.mesh,
+        };
+        let decoded = decode_state(&self.schema, key, value, &expected, &self.limits);
+        match decoded {
+            Ok((_, StateValue::Service(service))) => {
+                let peer = self.peers.get_mut(&remote).expect("peer exists");
+                Arc::make_mut(&mut peer.services)
+                    .insert(ServiceName::of(&service), Arc::new(service));
+                true
+            }
+            Ok((_, StateValue::Agent(agent))) => {
+                let peer = self.peers.get_mut(&remote).expect("peer exists");
+                peer.agents.insert(agent.node.clone(), agent);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                self.reject(key, e.reason(), &e);
+                false
+            }
+        }
+    }
+
+    fn peer_marker(&mut self, remote: ClusterName, kind: Kind, key: &str, value: &[u8]) -> bool {
+        // The marker carries the peer's ID; read it, then check the whole marker against it.
+        let id = serde_json::from_slice::<serde_json::Value>(value)
+            .ok()
+            .and_then(|v| v.get("clusterID")?.as_u64())
+            .and_then(|id| u32::try_from(id).ok())
+            .and_then(|id| ClusterId::new(id, self.local.mesh).ok());
+        let Some(id) = id else {
+            self.reject(key, "cluster_id", "synced marker without a valid clusterID");
+            return false;
+        };
+        let expected = ExpectedCluster {
+            name: remote.clone(),
+            id,
+            mesh: self.local.mesh,
+        };
+        if let Err(e) = decode_marker(value, &expected, &self.limits) {
+            self.reject(key, e.reason(), &e);
+            return false;
+        }
+        let peer = self.peers.entry(remote).or_default();
+        if let Some(known) = peer.id
+            && known != id
+        {
+            self.reject(
+                key,
+                "cluster_id",
+                format!("marker says cluster ID {id}, earlier ones said {known}"),
+            );
+            return false;
+        }
+        peer.markers.insert(kind);
+        if peer.id.is_none() {
+            peer.id = Some(id);
+            let waiting = std::mem::take(&mut peer.undecoded);
+            for (key, value) in waiting {
+                self.decode_peer_value(&key, &value);
+            }
+        }
+        true
+    }
+
+    fn delete(&mut self, source: Source, key: &str) -> bool {
+        match source {
+            Source::SharedServices | Source::LocalOnlyServices => {
+                self.local_services.remove(key).is_some()
+            }
+            Source::LocalSynced => {
+                // The marker goes only with the apiserver's lease; what we program stays, and a
+                // new apiserver writes it again after its own sync.
+                false
+            }
+            Source::Cache => {
+                let Ok(parsed) = self.schema.parse(key) else {
+                    return false;
+                };
+                let (remote, changed) = match parsed {
+                    Key::CacheSynced { remote, kind } => {
+                        let changed = self
+                            .peers
+                            .get_mut(&remote)
+                            .is_some_and(|p| p.markers.remove(&kind));
+                        (remote, changed)
+                    }
+                    Key::Cache { remote, object } => {
+                        let Some(peer) = self.peers.get_mut(&remote) else {
+                            return false;
+                        };
+                        let changed = peer.undecoded.remove(key).is_some()
+                            || match &object {
+                                ObjectName::Service { namespace, name } => {
+                                    let name = ServiceName::new(namespace, name);
+                                    peer.services.contains_key(&name)
+                                        && Arc::make_mut(&mut peer.services).remove(&name).is_some()
+                                }
+                                ObjectName::Agent(node) => peer.agents.remove(node).is_some(),
+                                _ => false,
+                            };
+                        (remote, changed)
+                    }
+                    _ => return false,
+                };
+                // Nothing of the peer left: the apiserver disconnected it.
+                if self.peers.get(&remote).is_some_and(PeerState::is_empty) {
+                    self.peers.remove(&remote);
+                    return true;
+                }
+                changed
+            }
+        }
+    }
+
+    /// The merge's input now. Also records, for every synced peer, the view the merge will use
+    /// if the peer's mirror stops being synced.
+    pub fn merge_input(&mut self) -> MergeInput {
+        let mut local = ServiceMap::new();
+        for service in self.local_services.values() {
+            // A service moving between shared and local-only is briefly under both keys; they
+            // describe the same Service, either will do.
+            local.insert(ServiceName::of(service), service.clone());
+        }
+        let peers = self
+            .peers
+            .iter_mut()
+            .map(|(name, p)| {
+                let synced = p.synced();
+                if synced {
+                    p.last_synced = Some(p.services.clone());
+                }
+                PeerInput {
+                    name: name.clone(),
+                    synced,
+                    current: p.services.clone(),
+                    last_synced: p.last_synced.clone(),
+                }
+            })
+            .collect();
+        MergeInput {
+            local,
+            peers,
+            // The apiserver does not allocate clusterset VIPs yet; see ARCHITECTURE.md.
+            clusterset_vips: BTreeMap::new(),
+        }
+    }
+
+    pub fn mesh(&self) -> MaxConnectedClusters {
+        self.local.mesh
+    }
+}

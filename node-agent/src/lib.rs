@@ -1,0 +1,25 @@
+//! The node agent: watches the local cluster's etcd (never Kubernetes, never a peer), merges
+//! every global service's local and remote backends, and programs the eBPF socket load
+//! balancer; remote backends are reached through mesh VIPs that the tunnel resolves with the
+//! [`mesh_vip::TunnelTable`] this agent publishes.
+//!
+//! - `config`: flags and `CLUSTERMESH_*` environment, checked into a `Config`;
+//! - `inputs`: the etcd watches and the state they build;
+//! - `merge`: the pure merge of local and peer services into desired frontends;
+//! - `mesh_vip`: mesh VIP allocation and the tunnel table;
+//! - `program`: diffing desired against programmed and writing the difference;
+//! - `routes`: the local routes of the mesh VIP ranges;
+//! - `liveness`: the node's agent record under the agent's lease;
+//! - `metrics`, `status`: Prometheus metrics and the JSON status endpoints;
+//! - `app`: the wiring.
+
+pub mod app;
+pub mod config;
+pub mod inputs;
+pub mod liveness;
+pub mod merge;
+pub mod mesh_vip;
+pub mod metrics;
+pub mod program;
+pub mod routes;
+pub mod status;
