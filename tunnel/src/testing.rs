@@ -1,6 +1,10 @@
 //! Certificates for tests and the benchmark: cluster CAs (rcgen) that issue node certificates
 //! with the SPIFFE URI SAN, written as PEM files. Not for production: keys are written
 //! unencrypted next to the certificates.
+//!
+//! [`netns`] holds the network namespaces the namespaced tests and the benchmark run in.
+
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 
