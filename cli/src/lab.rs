@@ -81,6 +81,12 @@ pub enum LabCommand {
     Start(StopStartArgs),
     /// Print the log of a supervised process (or of the supervisor with `supervisor`).
     Logs(LogsArgs),
+    /// Connect two lab clusters both ways (each mirrors the other; their nodes trust each
+    /// other's CA in the tunnel). Takes effect within seconds, without restarts.
+    Connect(ConnectArgs),
+    /// Disconnect two lab clusters: each drops the other's mirror, so the peer's backends
+    /// leave every service, and stops trusting its nodes.
+    Disconnect(ConnectArgs),
     /// Run a lab's supervisor daemon (started by `up`; not for direct use).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
@@ -110,12 +116,28 @@ pub struct UpArgs {
     /// etcd binary (Debian's `etcd`).
     #[arg(long, default_value = "etcd")]
     etcd_bin: PathBuf,
-    /// clustermesh-apiserver binary; without it no apiserver runs (it is not built yet).
+    /// clustermesh-apiserver binary [default: the one next to this `clustermesh` binary, if
+    /// built]. Without one no apiserver runs.
     #[arg(long)]
     apiserver_bin: Option<PathBuf>,
-    /// clustermesh-agent binary; without it no agent runs (it is not built yet).
+    /// clustermesh-agent binary [default: the one next to this `clustermesh` binary, if
+    /// built]. Without one no agent runs.
     #[arg(long)]
     agent_bin: Option<PathBuf>,
+    /// Do not connect the clusters to each other (`clustermesh lab connect` does it later).
+    /// By default every pair of clusters is connected: a full mesh.
+    #[arg(long)]
+    no_connect: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    lab: LabSelector,
+    /// One cluster.
+    cluster: String,
+    /// The other cluster.
+    peer: String,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +278,21 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         LabCommand::Stop(args) => stop_start(args, Action::Stop),
         LabCommand::Start(args) => stop_start(args, Action::Start),
         LabCommand::Logs(args) => logs(&args),
+        LabCommand::Connect(args) => {
+            let lab = args.lab.open()?;
+            lab.connect(&args.cluster, &args.peer)?;
+            println!("connected {} and {}", args.cluster, args.peer);
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Disconnect(args) => {
+            let lab = args.lab.open()?;
+            if lab.disconnect(&args.cluster, &args.peer)? {
+                println!("disconnected {} and {}", args.cluster, args.peer);
+            } else {
+                println!("{} and {} were not connected", args.cluster, args.peer);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Supervise(args) => {
             clustermesh_lab::lab::supervise(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -286,10 +323,25 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                         ..ClusterSpec::new(name, args.nodes)
                     })
                     .collect(),
+                connect: true,
             }
         }
     };
+    let topology = Topology {
+        connect: topology.connect && !args.no_connect,
+        ..topology
+    };
     let program = std::env::current_exe().context("cannot find the clustermesh binary itself")?;
+    // The apiserver and agent binaries are built next to this one.
+    let sibling = |name: &str| {
+        let path = program.with_file_name(name);
+        path.is_file().then_some(path)
+    };
+    let (apiserver_bin, agent_bin) = (
+        args.apiserver_bin
+            .or_else(|| sibling("clustermesh-apiserver")),
+        args.agent_bin.or_else(|| sibling("clustermesh-agent")),
+    );
     let mut config = LabConfig::new(
         &args.lab.name,
         Helper {
@@ -300,8 +352,8 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     config.state_dir = args.lab.state_dir();
     config.etcd_bin = args.etcd_bin;
     config.binaries = ComponentBinaries {
-        apiserver: args.apiserver_bin,
-        agent: args.agent_bin,
+        apiserver: apiserver_bin,
+        agent: agent_bin,
     };
     let lab = Lab::up(&config, &topology)?;
     print_table(&lab.status());

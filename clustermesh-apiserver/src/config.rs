@@ -27,40 +27,53 @@ pub enum SourceKind {
 )]
 pub struct Args {
     /// This cluster's name (lower-case letters, digits, '-'; at most 32 characters).
-    #[arg(long, env = "CLUSTER_NAME")]
+    #[arg(long, env = "CLUSTERMESH_CLUSTER_NAME")]
     pub cluster_name: String,
     /// This cluster's ID, unique in the mesh: 1..=255 (or 1..=511 with --max-connected-clusters 511).
-    #[arg(long, env = "CLUSTER_ID")]
+    #[arg(long, env = "CLUSTERMESH_CLUSTER_ID")]
     pub cluster_id: u32,
     /// How many clusters the mesh may hold: 255 or 511 (511 halves each cluster's identities).
-    #[arg(long, env = "MAX_CONNECTED_CLUSTERS", default_value_t = 255)]
+    #[arg(
+        long,
+        env = "CLUSTERMESH_MAX_CONNECTED_CLUSTERS",
+        default_value_t = 255
+    )]
     pub max_connected_clusters: u32,
 
     /// This cluster's etcd client URLs, comma separated.
-    #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "CLUSTERMESH_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub etcd_endpoints: Vec<String>,
     /// CA bundle that signs the etcd server certificate.
-    #[arg(long, env = "ETCD_CA", requires_all = ["etcd_cert", "etcd_key"])]
+    #[arg(long, env = "CLUSTERMESH_ETCD_CA", requires_all = ["etcd_cert", "etcd_key"])]
     pub etcd_ca: Option<PathBuf>,
     /// Client certificate for etcd (its CN is the etcd user).
-    #[arg(long, env = "ETCD_CERT", requires_all = ["etcd_ca", "etcd_key"])]
+    #[arg(long, env = "CLUSTERMESH_ETCD_CERT", requires_all = ["etcd_ca", "etcd_key"])]
     pub etcd_cert: Option<PathBuf>,
     /// Key of the client certificate.
-    #[arg(long, env = "ETCD_KEY", requires_all = ["etcd_ca", "etcd_cert"])]
+    #[arg(long, env = "CLUSTERMESH_ETCD_KEY", requires_all = ["etcd_ca", "etcd_cert"])]
     pub etcd_key: Option<PathBuf>,
     /// With mTLS to etcd: create the users and roles of `security.rs` and enable etcd
     /// authentication (peers read-only, agents write only their own record).
-    #[arg(long, env = "ETCD_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "CLUSTERMESH_ETCD_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
     pub etcd_auth: bool,
     /// Root prefix of every key in etcd.
-    #[arg(long, env = "KVSTORE_PREFIX", default_value = clustermesh_model::keys::DEFAULT_ROOT)]
+    #[arg(long, env = "CLUSTERMESH_KVSTORE_PREFIX", default_value = clustermesh_model::keys::DEFAULT_ROOT)]
     pub kvstore_prefix: String,
 
     /// Where this cluster's Kubernetes objects come from.
-    #[arg(long, value_enum, default_value_t = SourceKind::Kubernetes)]
+    #[arg(long, env = "CLUSTERMESH_SOURCE", value_enum, default_value_t = SourceKind::Kubernetes)]
     pub source: SourceKind,
     /// Directory of Kubernetes YAML, for --source manifests.
-    #[arg(long, required_if_eq("source", "manifests"))]
+    #[arg(
+        long,
+        env = "CLUSTERMESH_MANIFESTS_DIR",
+        required_if_eq("source", "manifests")
+    )]
     pub manifests_dir: Option<PathBuf>,
     /// kubeconfig for --source kubernetes (default: in-cluster config).
     #[arg(long, env = "KUBECONFIG")]
@@ -88,10 +101,14 @@ pub struct Args {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub heartbeat_interval: Duration,
     /// Where /healthz, /readyz and /metrics are served.
-    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:9880")]
+    #[arg(long, env = "CLUSTERMESH_HEALTH_ADDR", default_value = "0.0.0.0:9880")]
     pub health_addr: std::net::SocketAddr,
     /// Where the gRPC status API (`clustermesh status`) is served; loopback by default.
-    #[arg(long, env = "STATUS_ADDR", default_value = "127.0.0.1:9963")]
+    #[arg(
+        long,
+        env = "CLUSTERMESH_STATUS_ADDR",
+        default_value = "127.0.0.1:9963"
+    )]
     pub status_addr: std::net::SocketAddr,
     /// The cluster's CA certificate; its fingerprint is published in the cluster config so
     /// peers can check they trust the right CA.

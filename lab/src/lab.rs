@@ -19,6 +19,7 @@ use crate::cgroup::{self, CgroupError, cgroup2_root};
 use crate::echo;
 use crate::host::{self, HostError};
 use crate::manifests::{ManifestDir, ManifestError};
+use crate::mesh;
 use crate::netns::{self, NetNs, NetNsError};
 use crate::network::{self, NetworkError, PodLink};
 use crate::state::{
@@ -45,6 +46,10 @@ pub enum LabError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Mesh(#[from] mesh::MeshError),
+    #[error("cluster {0:?} cannot be connected to itself")]
+    SelfConnect(String),
     #[error(transparent)]
     NetNs(#[from] NetNsError),
     #[error(transparent)]
@@ -268,6 +273,25 @@ impl Lab {
                 }
             }
             manifests.write_namespace("default")?;
+            let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+            mesh::ClusterPki::new(&s.state_dir, &cluster.name).issue(&cluster.name, &nodes)?;
+            std::fs::create_dir_all(mesh::peers_dir(&s.state_dir, &cluster.name)).map_err(
+                |source| {
+                    LabError::Mesh(mesh::MeshError::Io {
+                        action: "create",
+                        path: mesh::peers_dir(&s.state_dir, &cluster.name),
+                        source,
+                    })
+                },
+            )?;
+        }
+        if self.state.topology.connect_all() {
+            tracing::info!("connecting every pair of clusters (a full mesh)");
+            for (i, a) in s.clusters.iter().enumerate() {
+                for b in &s.clusters[i + 1..] {
+                    self.connect(&a.name, &b.name)?;
+                }
+            }
         }
         tracing::info!("starting the supervisor");
         let procs = self.processes();
@@ -290,6 +314,42 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Connects clusters `a` and `b` both ways: each gets a peer file for the other (its etcd
+    /// and its CA). Their apiservers start mirroring and their agents trust each other's
+    /// nodes within seconds; nothing restarts. Connecting twice changes nothing.
+    pub fn connect(&self, a: &str, b: &str) -> Result<(), LabError> {
+        if a == b {
+            return Err(LabError::SelfConnect(a.to_owned()));
+        }
+        let (ca, cb) = (self.cluster(a)?, self.cluster(b)?);
+        let dir = &self.state.state_dir;
+        for (from, to) in [(ca, cb), (cb, ca)] {
+            let entry = mesh::PeerEntry {
+                name: to.name.clone(),
+                id: to.id,
+                etcd: format!("http://{}:{ETCD_CLIENT_PORT}", etcd_node(to).ip),
+                ca: mesh::ClusterPki::new(dir, &to.name).ca(),
+            };
+            mesh::write_peer(dir, &from.name, &entry)?;
+        }
+        Ok(())
+    }
+
+    /// Disconnects `a` and `b` both ways; returns whether they were connected.
+    pub fn disconnect(&self, a: &str, b: &str) -> Result<bool, LabError> {
+        let (ca, cb) = (self.cluster(a)?, self.cluster(b)?);
+        let dir = &self.state.state_dir;
+        let one = mesh::remove_peer(dir, &ca.name, &cb.name)?;
+        let other = mesh::remove_peer(dir, &cb.name, &ca.name)?;
+        Ok(one || other)
+    }
+
+    /// The clusters `cluster` is connected to.
+    pub fn peers_of(&self, cluster: &str) -> Result<Vec<String>, LabError> {
+        let c = self.cluster(cluster)?;
+        Ok(mesh::connected_peers(&self.state.state_dir, &c.name))
     }
 
     /// Reads the lab in `state_dir`.
@@ -476,6 +536,23 @@ impl Lab {
                 .display()
                 .to_string(),
         );
+        put(
+            "CLUSTERMESH_PEERS_DIR",
+            mesh::peers_dir(&s.state_dir, &cluster.name)
+                .display()
+                .to_string(),
+        );
+        let pki = mesh::ClusterPki::new(&s.state_dir, &cluster.name);
+        put("CLUSTERMESH_TRUST_DOMAIN", mesh::TRUST_DOMAIN.to_owned());
+        put(
+            "CLUSTERMESH_TUNNEL_CERT",
+            pki.node_cert(&node.name).display().to_string(),
+        );
+        put(
+            "CLUSTERMESH_TUNNEL_KEY",
+            pki.node_key(&node.name).display().to_string(),
+        );
+        put("CLUSTERMESH_TUNNEL_CA", pki.ca().display().to_string());
         if let Some(bpffs) = &s.bpffs_dir {
             put(
                 "CLUSTERMESH_BPFFS_DIR",
@@ -551,7 +628,15 @@ impl Lab {
                 .join("apiserver"),
             program,
             args: Vec::new(),
-            env: self.base_env(c, node),
+            env: {
+                let mut env = self.base_env(c, node);
+                env.insert("CLUSTERMESH_SOURCE".into(), "manifests".into());
+                // The lab's etcds speak plain HTTP on the lab's private networks, so there are
+                // no client certificates to map to etcd users; `clustermesh enable` sets up
+                // mTLS and etcd auth for real clusters.
+                env.insert("CLUSTERMESH_ETCD_AUTH".into(), "false".into());
+                env
+            },
         })
     }
 

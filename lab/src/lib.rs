@@ -44,12 +44,15 @@
 //! | `CLUSTERMESH_NODE_NAME`, `CLUSTERMESH_NODE_IP`, `CLUSTERMESH_NODE_POD_CIDR` | the node |
 //! | `CLUSTERMESH_NODE_CGROUP` | the node's cgroup (attach cgroup eBPF programs here) |
 //! | `CLUSTERMESH_BPFFS_DIR` | `/sys/fs/bpf/clustermesh-lab/<lab>/<cluster>/<node>` for pins (not created) |
+//! | `CLUSTERMESH_PEERS_DIR` | the cluster's peers directory ([`mesh`]: one file per connected cluster) |
+//! | `CLUSTERMESH_TUNNEL_CERT`, `_KEY`, `_CA`, `CLUSTERMESH_TRUST_DOMAIN` | the node's tunnel certificate from the cluster CA ([`mesh`]) |
 
 pub mod cgroup;
 pub mod echo;
 pub mod host;
 pub mod lab;
 pub mod manifests;
+pub mod mesh;
 pub mod netns;
 pub mod network;
 pub mod state;

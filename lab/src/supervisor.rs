@@ -555,7 +555,7 @@ fn read_specs(procs: &Processes) -> BTreeMap<String, ProcessSpec> {
 }
 
 /// Starts one run of `spec`: `sh` puts itself into the cgroup, then execs
-/// `ip netns exec <netns> <program> <args…>`, which execs the program (same pid throughout).
+/// `nsenter --net=<netns> <program> <args…>`, which execs the program (same pid throughout).
 fn spawn(procs: &Processes, spec: &ProcessSpec) -> io::Result<Child> {
     let log = open_log(&procs.log_path(&spec.id)).map_err(io::Error::other)?;
     let log2 = log.try_clone()?;
@@ -572,12 +572,17 @@ fn spawn(procs: &Processes, spec: &ProcessSpec) -> io::Result<Child> {
 
 /// A [`Command`] that runs `program` in network namespace `netns` and cgroup `cgroup`
 /// (absolute; it must exist): `sh` writes its own pid to `cgroup.procs`, then execs
-/// `ip netns exec <netns> <program>`, which execs the program, so the pid stays the same
-/// and the program is in the cgroup from its first instruction. Add arguments as usual.
+/// `nsenter --net=/run/netns/<netns> <program>`, which execs the program, so the pid stays
+/// the same and the program is in the cgroup from its first instruction. Add arguments as
+/// usual.
+///
+/// `nsenter` rather than `ip netns exec`: the latter also unshares the mount namespace and
+/// remounts `/sys`, which hides the bpffs and cgroup2 mounts below it from the program, and
+/// the agent needs both.
 pub fn command_in(netns: &str, cgroup: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(r#"echo $$ > "$0" && exec ip netns exec "$@""#)
+        .arg(r#"echo $$ > "$0" && ns="$1" && shift && exec nsenter --net="/run/netns/$ns" "$@""#)
         .arg(cgroup.join("cgroup.procs"))
         .arg(netns)
         .arg(program);

@@ -77,6 +77,14 @@ pub enum TopologyError {
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     pub clusters: Vec<ClusterSpec>,
+    /// Connect every pair of clusters at `up` (a full mesh); `false` leaves them apart until
+    /// `clustermesh lab connect`.
+    #[serde(default = "default_connect")]
+    pub connect: bool,
+}
+
+fn default_connect() -> bool {
+    true
 }
 
 /// One cluster as the user describes it. Only `name` is required.
@@ -141,11 +149,17 @@ impl Default for Topology {
     fn default() -> Self {
         Topology {
             clusters: vec![ClusterSpec::new("east", 2), ClusterSpec::new("west", 2)],
+            connect: true,
         }
     }
 }
 
 impl Topology {
+    /// Whether `up` connects every pair of clusters.
+    pub fn connect_all(&self) -> bool {
+        self.connect
+    }
+
     /// Parses the YAML topology file format.
     pub fn from_yaml(text: &str) -> Result<Self, TopologyError> {
         Ok(serde_yaml_ng::from_str(text)?)

@@ -26,6 +26,7 @@ fn up_that_fails_removes_what_it_built() {
     config.ready_timeout = Duration::from_secs(2);
     let topology = Topology {
         clusters: vec![ClusterSpec::new("solo", 1)],
+        connect: true,
     };
     let result = Lab::up(&config, &topology);
     let guard_down = || clustermesh_lab::down(&name, &state_dir);

@@ -2,11 +2,13 @@
 //! record, load the datapath (adopting what an earlier run pinned), set the mesh routes, watch
 //! the inputs, and program the datapath from the merge once the first full sync is in.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clustermesh_ebpf::Datapath;
+use clustermesh_ebpf::{AddressFamily, Datapath};
 use clustermesh_model::Agent;
 use clustermesh_store::{Session, connect};
 use prometheus_client::registry::Registry;
@@ -23,16 +25,18 @@ use crate::metrics::{ClusterLabels, Metrics, ReasonLabels};
 use crate::program::Programmer;
 use crate::routes::ensure_mesh_routes;
 use crate::status::{self, BackendStatus, FrontendStatus, Status};
+use crate::tunnel::{AgentTunnel, TunnelStart};
 
 /// A running agent. Dropping it stops the control loop; the datapath stays pinned and keeps
 /// serving with what was programmed last.
 pub struct Running {
     status: watch::Receiver<Status>,
-    tunnel: watch::Receiver<TunnelTable>,
+    tunnel_table: watch::Receiver<TunnelTable>,
     status_addr: std::net::SocketAddr,
     control: JoinHandle<()>,
     http: Vec<JoinHandle<()>>,
     session: Option<Arc<Session>>,
+    tunnel: Option<AgentTunnel>,
     _liveness: LivenessRecord,
 }
 
@@ -47,7 +51,12 @@ impl Running {
 
     /// Every mesh VIP and where the tunnel must send its connections.
     pub fn tunnel_table(&self) -> watch::Receiver<TunnelTable> {
-        self.tunnel.clone()
+        self.tunnel_table.clone()
+    }
+
+    /// Open tunnel streams, both directions (0 without a tunnel).
+    pub fn tunnel_streams(&self) -> usize {
+        self.tunnel.as_ref().map_or(0, AgentTunnel::active_streams)
     }
 
     /// Where the status endpoints listen (the bound port, if 0 was asked).
@@ -70,9 +79,13 @@ impl Running {
         }
     }
 
-    /// Stops the agent: the control loop ends (its datapath handles close; pins stay) and the
-    /// lease is revoked, so the liveness record vanishes now rather than after its TTL.
+    /// Stops the agent: the tunnel drains its streams (with a deadline), the control loop ends
+    /// (its datapath handles close; pins stay) and the lease is revoked, so the liveness
+    /// record vanishes now rather than after its TTL.
     pub async fn stop(mut self) {
+        if let Some(tunnel) = self.tunnel.take() {
+            tunnel.shutdown().await;
+        }
         self.control.abort();
         let _ = (&mut self.control).await;
         for task in &self.http {
@@ -112,9 +125,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("attaching sk_lookup in {}", config.netns.display()))?;
     ensure_mesh_routes(&config.netns, &config.datapath.mesh_vip_ranges)
         .context("routing the mesh VIP ranges")?;
+    // The outbound listener is registered with sk_lookup before the datapath moves into the
+    // programmer; the tunnel serves it below.
+    let outbound = match &config.tunnel {
+        Some(settings) => {
+            let listener = outbound_listener(settings.outbound)?;
+            datapath
+                .set_tunnel_listener(AddressFamily::Ipv4, &listener)
+                .context("handing the tunnel listener to the sk_lookup program")?;
+            Some(listener)
+        }
+        None => {
+            warn!("the tunnel is disabled (--disable-tunnel): remote backends are not used");
+            None
+        }
+    };
     let programmer = Programmer::adopt(datapath, &config.datapath.mesh_vip_ranges)
         .context("adopting the pinned datapath")?;
-    let tunnel = programmer.subscribe_tunnel_table();
+    let tunnel_table = programmer.subscribe_tunnel_table();
 
     let session = Arc::new(
         Session::start(client.clone(), config.lease_ttl)
@@ -140,6 +168,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let mut registry = Registry::with_prefix("clustermesh_agent");
     let metrics = Metrics::new(&mut registry);
+    let (shared_backends_tx, shared_backends) = watch::channel(HashSet::new());
+    let tunnel = match (&config.tunnel, outbound) {
+        (Some(settings), Some(outbound)) => Some(
+            AgentTunnel::start(
+                TunnelStart {
+                    settings,
+                    cluster: &config.cluster_name,
+                    node: &config.node_name,
+                    peers_dir: config.peers_dir.clone(),
+                    mesh: config.cluster.mesh,
+                    table: tunnel_table.clone(),
+                    shared_backends,
+                },
+                outbound,
+                &mut registry,
+            )
+            .await
+            .context("starting the tunnel")?,
+        ),
+        _ => None,
+    };
     let registry = Arc::new(Mutex::new(registry));
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (status_addr, http) = status::serve(
@@ -159,16 +208,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         events,
         status: status_tx,
         metrics,
+        shared_backends: shared_backends_tx,
         liveness: liveness.subscribe(),
         _watches: watches,
     }));
     Ok(Running {
         status: status_rx,
-        tunnel,
+        tunnel_table,
         status_addr,
         control,
         http,
         session: Some(session),
+        tunnel,
         _liveness: liveness,
     })
 }
@@ -180,8 +231,26 @@ struct ControlLoop {
     events: mpsc::Receiver<(Source, clustermesh_store::WatchEvent)>,
     status: watch::Sender<Status>,
     metrics: Metrics,
+    /// What the tunnel's receiving side may dial.
+    shared_backends: watch::Sender<HashSet<SocketAddr>>,
     liveness: watch::Receiver<bool>,
     _watches: inputs::Watches,
+}
+
+/// The loopback listener sk_lookup hands mesh-VIP connections to. `SO_REUSEADDR` so that a
+/// restarted agent can bind it while the old one's accepted sockets linger.
+fn outbound_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding the tunnel's outbound listener on {addr}"))?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 async fn control_loop(mut cl: ControlLoop) {
@@ -274,7 +343,18 @@ fn peers(inputs: &Inputs) -> std::collections::BTreeMap<String, inputs::PeerSumm
 }
 
 fn pass(cl: &mut ControlLoop, rejected_seen: &mut std::collections::BTreeMap<&'static str, u64>) {
-    let desired = merge(&cl.inputs.merge_input());
+    let mut input = cl.inputs.merge_input();
+    if cl.config.tunnel.is_none() {
+        // Without the tunnel a remote backend cannot be reached: use local ones only.
+        input.peers.clear();
+    }
+    let desired = merge(&input);
+    let shared = cl.inputs.shared_backends();
+    cl.shared_backends.send_if_modified(|current| {
+        let changed = *current != shared;
+        *current = shared;
+        changed
+    });
     let inputs = &cl.inputs;
     let report = cl.programmer.apply(&desired, |cluster, node| {
         inputs.tunnel_address(cluster, node)

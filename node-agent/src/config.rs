@@ -17,6 +17,8 @@ use serde::Serialize;
 
 /// The agent's default tunnel port (ARCHITECTURE.md).
 pub const DEFAULT_TUNNEL_PORT: u16 = 4244;
+/// The agent's default outbound (sk_lookup) listener port, on loopback.
+pub const DEFAULT_OUTBOUND_PORT: u16 = 4245;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -98,10 +100,39 @@ pub struct Args {
     /// (default: <node-ip>:4244).
     #[arg(long, env = "CLUSTERMESH_TUNNEL_ADDRESS")]
     pub tunnel_address: Option<SocketAddr>,
-    /// The tunnel certificate (PEM); its SHA-256 fingerprint is published. Without one the
-    /// record carries the all-zero fingerprint, which no certificate has.
-    #[arg(long, env = "CLUSTERMESH_TUNNEL_CERT")]
+    /// This node's tunnel certificate (PEM, leaf first), issued by the cluster CA with the URI
+    /// SAN `spiffe://<trust-domain>/cluster/<cluster>/node/<node>`. Its SHA-256 fingerprint is
+    /// published in the liveness record. Re-read when it changes on disk.
+    #[arg(long, env = "CLUSTERMESH_TUNNEL_CERT", requires_all = ["tunnel_key", "tunnel_ca"])]
     pub tunnel_cert: Option<PathBuf>,
+    /// The key of the tunnel certificate.
+    #[arg(long, env = "CLUSTERMESH_TUNNEL_KEY", requires_all = ["tunnel_cert", "tunnel_ca"])]
+    pub tunnel_key: Option<PathBuf>,
+    /// This cluster's CA bundle: peers of the own cluster are trusted with it.
+    #[arg(long, env = "CLUSTERMESH_TUNNEL_CA", requires_all = ["tunnel_cert", "tunnel_key"])]
+    pub tunnel_ca: Option<PathBuf>,
+    /// Run without the tunnel: remote backends are then not programmed at all (connections
+    /// to them would have nowhere to go). Without this flag the tunnel credentials are required.
+    #[arg(long, env = "CLUSTERMESH_DISABLE_TUNNEL", conflicts_with_all = ["tunnel_cert", "tunnel_key", "tunnel_ca"])]
+    pub disable_tunnel: bool,
+    /// The SPIFFE trust domain of the mesh, as in every node certificate.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_TRUST_DOMAIN",
+        default_value = "clustermesh.local"
+    )]
+    pub trust_domain: String,
+    /// Where the tunnel's inbound (mTLS) listener binds (default: the tunnel address).
+    #[arg(long, env = "CLUSTERMESH_TUNNEL_LISTEN")]
+    pub tunnel_listen: Option<SocketAddr>,
+    /// The loopback port of the outbound listener that sk_lookup hands mesh-VIP connections to.
+    #[arg(long, env = "CLUSTERMESH_TUNNEL_OUTBOUND_PORT", default_value_t = DEFAULT_OUTBOUND_PORT)]
+    pub tunnel_outbound_port: u16,
+    /// The peers directory (the same one the apiserver reads): which clusters are connected
+    /// and the CA bundle each one's nodes are trusted with. Without it only the own cluster's
+    /// nodes are trusted.
+    #[arg(long, env = "CLUSTERMESH_PEERS_DIR")]
+    pub peers_dir: Option<PathBuf>,
     /// Lease TTL of the liveness record: how long a dead agent stays a tunnel target.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
     pub lease_ttl: Duration,
@@ -145,6 +176,12 @@ pub enum ConfigError {
     MeshVipRanges(Vec<IpNet>),
     #[error("--tunnel-cert {path}: {reason}")]
     TunnelCert { path: PathBuf, reason: String },
+    #[error(
+        "the tunnel needs --tunnel-cert, --tunnel-key and --tunnel-ca (or CLUSTERMESH_TUNNEL_*); give --disable-tunnel to run without it (remote backends are then not used)"
+    )]
+    TunnelCredentialsMissing,
+    #[error("--trust-domain {0:?} is not a DNS name")]
+    TrustDomain(String),
 }
 
 /// The checked configuration.
@@ -166,6 +203,9 @@ pub struct Config {
     pub datapath: DatapathConfig,
     pub tunnel_address: SocketAddr,
     pub cert_fingerprint: String,
+    /// `None` with --disable-tunnel.
+    pub tunnel: Option<TunnelSettings>,
+    pub peers_dir: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     #[serde(with = "humantime_serde")]
@@ -174,6 +214,19 @@ pub struct Config {
     pub coalesce: Duration,
     pub status_addr: SocketAddr,
     pub status_socket: Option<PathBuf>,
+}
+
+/// The tunnel's part of the configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelSettings {
+    pub trust_domain: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// The inbound (mTLS) listener.
+    pub listen: SocketAddr,
+    /// The outbound listener, on loopback, that sk_lookup hands mesh-VIP connections to.
+    pub outbound: SocketAddr,
 }
 
 mod humantime_serde {
@@ -217,6 +270,32 @@ impl Config {
             None => NO_CERT_FINGERPRINT.to_owned(),
             Some(path) => fingerprint(path)?,
         };
+        if !is_dns_subdomain(&args.trust_domain) {
+            return Err(ConfigError::TrustDomain(args.trust_domain));
+        }
+        let tunnel_address = args
+            .tunnel_address
+            .unwrap_or(SocketAddr::new(args.node_ip, DEFAULT_TUNNEL_PORT));
+        let tunnel = match (
+            args.disable_tunnel,
+            args.tunnel_cert,
+            args.tunnel_key,
+            args.tunnel_ca,
+        ) {
+            (true, ..) => None,
+            (false, Some(cert), Some(key), Some(ca)) => Some(TunnelSettings {
+                trust_domain: args.trust_domain,
+                cert,
+                key,
+                ca,
+                listen: args.tunnel_listen.unwrap_or(tunnel_address),
+                outbound: SocketAddr::new(
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    args.tunnel_outbound_port,
+                ),
+            }),
+            _ => return Err(ConfigError::TunnelCredentialsMissing),
+        };
         let etcd = EtcdConfig {
             endpoints: args.etcd_endpoints,
             tls: match (args.etcd_ca, args.etcd_cert, args.etcd_key) {
@@ -241,10 +320,10 @@ impl Config {
                 pin_dir: args.bpffs_dir,
                 mesh_vip_ranges: args.mesh_vip_ranges,
             },
-            tunnel_address: args
-                .tunnel_address
-                .unwrap_or(SocketAddr::new(args.node_ip, DEFAULT_TUNNEL_PORT)),
+            tunnel_address,
             cert_fingerprint,
+            tunnel,
+            peers_dir: args.peers_dir,
             lease_ttl: args.lease_ttl,
             peer_sync_timeout: args.peer_sync_timeout,
             coalesce: args.coalesce,
@@ -294,7 +373,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_design() {
-        let c = parse(&[]).unwrap();
+        let c = parse(&["--disable-tunnel"]).unwrap();
+        assert!(c.tunnel.is_none());
         assert_eq!(c.tunnel_address, "192.168.1.2:4244".parse().unwrap());
         assert_eq!(c.datapath.mesh_vip_ranges[0].to_string(), "100.64.0.0/10");
         assert_eq!(c.cert_fingerprint, NO_CERT_FINGERPRINT);
@@ -318,9 +398,19 @@ mod tests {
             ),
             ("--node-ip=not-an-ip", "--node-ip"),
             ("--coalesce=soon", "--coalesce"),
+            ("--trust-domain=Not A Domain", "--trust-domain"),
         ] {
-            let error = parse(&[flag]).unwrap_err();
+            let error = parse(&[flag, "--disable-tunnel"]).unwrap_err();
             assert!(error.contains(named), "{flag}: {error}");
         }
+    }
+
+    #[test]
+    fn the_tunnel_needs_its_credentials_or_an_explicit_opt_out() {
+        let error = parse(&[]).unwrap_err();
+        assert!(error.contains("--tunnel-cert"), "{error}");
+        assert!(error.contains("--disable-tunnel"), "{error}");
+        let error = parse(&["--tunnel-cert=/x.pem"]).unwrap_err();
+        assert!(error.contains("--tunnel-key"), "{error}");
     }
 }

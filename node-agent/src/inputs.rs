@@ -12,7 +12,7 @@
 //! A peer is *connected* while anything of it is in the mirror; the apiserver deletes the whole
 //! mirror when it disconnects a peer, so the peer then disappears from the input.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -186,6 +186,24 @@ impl Inputs {
 
     pub fn local_service_count(&self) -> usize {
         self.local_services.len()
+    }
+
+    /// Every `ip:port` of a backend of a local global service that this cluster shares with
+    /// its peers: the only targets the tunnel's receiving side may dial.
+    pub fn shared_backends(&self) -> HashSet<SocketAddr> {
+        let shared_prefix = Source::SharedServices.prefix(&self.schema, &self.local.name);
+        self.local_services
+            .iter()
+            .filter(|(key, service)| key.starts_with(&shared_prefix) && service.shared)
+            .flat_map(|(_, service)| service.backends.iter())
+            .filter(|backend| backend.ready)
+            .flat_map(|backend| {
+                backend
+                    .ports
+                    .values()
+                    .map(move |port| SocketAddr::new(backend.ip, port.port))
+            })
+            .collect()
     }
 
     /// The tunnel listener of `node` in `cluster`, if that node's agent is alive there.

@@ -23,3 +23,4 @@ pub mod metrics;
 pub mod program;
 pub mod routes;
 pub mod status;
+pub mod tunnel;

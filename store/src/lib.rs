@@ -7,9 +7,11 @@
 //! - `watch_reader`: list + watch with kube-runtime-style events, re-listing after compaction or
 //!   reconnect and emitting only the difference.
 //! - `heartbeat`: the periodic liveness key of a cluster.
+//! - `peers`: the peers directory (one file per connected remote cluster).
 
 pub mod connect;
 pub mod heartbeat;
+pub mod peers;
 pub mod retry;
 pub mod session;
 pub mod sync_writer;
@@ -18,6 +20,7 @@ pub mod watch_reader;
 pub use connect::{ConnectError, EtcdConfig, TlsPaths, connect};
 pub use etcd_client::Client;
 pub use heartbeat::{Heartbeat, HeartbeatWriter, read_heartbeat, unix_millis_now};
+pub use peers::{PeerConfig, PeerConfigError, read_peers};
 pub use session::{LeaseId, Session, SessionError};
 pub use sync_writer::{SyncWriter, SyncWriterConfig, WriterError, WriterStatus};
 pub use watch_reader::{Entry, ReaderStatus, WatchEvent, WatchReader};

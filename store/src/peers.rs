@@ -1,6 +1,7 @@
 //! The peers directory: one YAML (or JSON) file per remote cluster, named after it. In
 //! Kubernetes this is a mounted Secret; in the lab, a plain directory. Certificate paths are
-//! relative to the directory.
+//! relative to the directory. The apiserver reads it to mirror each peer's etcd; the agents
+//! read it for the CA bundle each peer's nodes are trusted with in the tunnel.
 //!
 //! ```yaml
 //! # west.yaml
@@ -10,6 +11,8 @@
 //! ca: west-ca.crt          # the CA that signs west's etcd server certificate
 //! cert: west-client.crt    # a read-only client certificate west's CA issued for us
 //! key: west-client.key
+//! tunnel_ca: west-ca.crt   # optional: the CA that signs west's node (tunnel) certificates;
+//!                          # defaults to `ca`
 //! ```
 
 use std::collections::BTreeMap;
@@ -17,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clustermesh_model::{ClusterId, ClusterName, MaxConnectedClusters};
-use clustermesh_store::{EtcdConfig, TlsPaths};
+
+use crate::{EtcdConfig, TlsPaths};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,8 @@ struct PeerFile {
     cert: Option<PathBuf>,
     #[serde(default)]
     key: Option<PathBuf>,
+    #[serde(default)]
+    tunnel_ca: Option<PathBuf>,
 }
 
 /// A remote cluster to mirror, as configured.
@@ -51,6 +57,9 @@ pub struct PeerConfig {
     pub name: ClusterName,
     pub id: ClusterId,
     pub etcd: EtcdConfig,
+    /// The CA bundle that signs the peer's node certificates (the tunnel trusts the peer's
+    /// nodes with it); `tunnel_ca`, else `ca`; `None` for a plain-text test peer.
+    pub tunnel_ca: Option<PathBuf>,
     /// The certificate files' contents, so a rotated certificate counts as a changed config
     /// and the peer reconnects with it.
     pub fingerprint: Vec<u8>,
@@ -130,12 +139,18 @@ fn read_peer(
         (None, None, None) => None,
         _ => return Err(bad("ca, cert and key must be given together".into())),
     };
+    let tunnel_ca = file
+        .tunnel_ca
+        .map(resolve)
+        .or_else(|| tls.as_ref().map(|t| t.ca.clone()));
     let mut fingerprint = text.into_bytes();
-    if let Some(tls) = &tls {
-        for file in [&tls.ca, &tls.cert, &tls.key] {
-            fingerprint
-                .extend(std::fs::read(file).map_err(|e| bad(format!("{}: {e}", file.display())))?);
-        }
+    let files = tls
+        .iter()
+        .flat_map(|t| [&t.ca, &t.cert, &t.key])
+        .chain(tunnel_ca.as_ref());
+    for file in files {
+        fingerprint
+            .extend(std::fs::read(file).map_err(|e| bad(format!("{}: {e}", file.display())))?);
     }
     Ok(PeerConfig {
         name,
@@ -145,6 +160,7 @@ fn read_peer(
             tls,
             connect_timeout: Duration::from_secs(5),
         },
+        tunnel_ca,
         fingerprint,
     })
 }

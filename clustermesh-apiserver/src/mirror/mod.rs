@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 pub mod peer;
-pub mod peers;
+pub use clustermesh_store::peers;
 
 use peer::{MirrorContext, PeerStatus};
 use peers::PeerConfig;

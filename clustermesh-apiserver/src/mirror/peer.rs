@@ -21,7 +21,7 @@ use clustermesh_store::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::peers::PeerConfig;
+use clustermesh_store::PeerConfig;
 use clustermesh_store::retry::Backoff;
 
 /// How a peer is doing, for status output.

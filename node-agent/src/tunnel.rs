@@ -1,0 +1,298 @@
+//! The agent's side of the tunnel: starts [`clustermesh_tunnel::Tunnel`] with this node's
+//! credentials and keeps its two live views current:
+//!
+//! - the routing table (mesh VIP → remote backend, its node and that node's tunnel listener),
+//!   translated from the programmer's [`TunnelTable`] whenever it changes;
+//! - the authorization view: the connected peers with the CA bundle each one's nodes are
+//!   trusted with (from the peers directory, re-read every few seconds, so connecting or
+//!   disconnecting a cluster needs no restart), and the backends this cluster shares (from
+//!   the control loop).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clustermesh_model::MaxConnectedClusters;
+use clustermesh_tunnel::{
+    AllowAll, AuthorizationView, CredentialPaths, Metrics, RemoteTarget, RoutingTable, TrustBundle,
+    Tunnel, TunnelConfig, TunnelInputs,
+};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::TunnelSettings;
+use crate::mesh_vip::TunnelTable;
+
+/// How often the peers directory is re-read for connected clusters and their CA bundles.
+const PEERS_POLL: Duration = Duration::from_secs(2);
+
+/// How long [`AgentTunnel::shutdown`] lets open streams finish.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentTunnelError {
+    #[error("cannot listen for tunnel peers on {addr}: {source} (is another agent running?)")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tunnel(#[from] clustermesh_tunnel::TunnelError),
+}
+
+/// The running tunnel and the tasks that feed it.
+pub struct AgentTunnel {
+    tunnel: Tunnel,
+    feeders: Vec<JoinHandle<()>>,
+}
+
+/// What the tunnel is started with, besides the listeners.
+pub struct TunnelStart<'a> {
+    pub settings: &'a TunnelSettings,
+    pub cluster: &'a str,
+    pub node: &'a str,
+    pub peers_dir: Option<PathBuf>,
+    pub mesh: MaxConnectedClusters,
+    /// The programmer's mesh VIPs.
+    pub table: watch::Receiver<TunnelTable>,
+    /// Backends of the global services this cluster shares, from the control loop.
+    pub shared_backends: watch::Receiver<HashSet<SocketAddr>>,
+}
+
+impl AgentTunnel {
+    /// Binds the inbound listener and starts the tunnel. `outbound` is the listener already
+    /// registered with the datapath's sk_lookup program.
+    pub async fn start(
+        start: TunnelStart<'_>,
+        outbound: std::net::TcpListener,
+        registry: &mut Registry,
+    ) -> Result<Self, AgentTunnelError> {
+        let settings = start.settings;
+        let inbound = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| AgentTunnelError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let outbound_error = |source| AgentTunnelError::Listen {
+            addr: settings.outbound,
+            source,
+        };
+        outbound.set_nonblocking(true).map_err(outbound_error)?;
+        let outbound = tokio::net::TcpListener::from_std(outbound).map_err(outbound_error)?;
+        Ok(Self::run(start, inbound, outbound, registry)?)
+    }
+
+    fn run(
+        start: TunnelStart<'_>,
+        inbound: tokio::net::TcpListener,
+        outbound: tokio::net::TcpListener,
+        registry: &mut Registry,
+    ) -> Result<Self, clustermesh_tunnel::TunnelError> {
+        let settings = start.settings;
+        let config = TunnelConfig::new(
+            &settings.trust_domain,
+            start.cluster,
+            start.node,
+            CredentialPaths {
+                cert: settings.cert.clone(),
+                key: settings.key.clone(),
+                ca: settings.ca.clone(),
+            },
+        );
+        let metrics = Arc::new(Metrics::new(registry.sub_registry_with_prefix("tunnel")));
+
+        let (routes_tx, routes) = watch::channel(routing_table(&start.table.borrow()));
+        let connected = read_connected(start.peers_dir.as_ref(), start.mesh);
+        let (authz_tx, authz) = watch::channel(AuthorizationView {
+            connected: connected.clone(),
+            shared_backends: start.shared_backends.borrow().clone(),
+        });
+
+        let tunnel = Tunnel::start(
+            config,
+            TunnelInputs {
+                routes,
+                authz,
+                policy: Arc::new(AllowAll),
+            },
+            metrics,
+            inbound,
+            outbound,
+        )?;
+        info!(
+            listen = %settings.listen,
+            outbound = %settings.outbound,
+            peers = ?connected.keys().collect::<Vec<_>>(),
+            "tunnel started"
+        );
+        let feeders = vec![
+            tokio::spawn(feed_routes(start.table, routes_tx)),
+            tokio::spawn(feed_authorization(
+                start.peers_dir,
+                start.mesh,
+                start.shared_backends,
+                connected,
+                authz_tx,
+            )),
+        ];
+        Ok(Self { tunnel, feeders })
+    }
+
+    /// Open tunnel streams, both directions.
+    pub fn active_streams(&self) -> usize {
+        self.tunnel.active_streams()
+    }
+
+    /// Drains open streams for up to [`DRAIN_DEADLINE`], then stops.
+    pub async fn shutdown(self) {
+        for feeder in &self.feeders {
+            feeder.abort();
+        }
+        let report = self.tunnel.shutdown(DRAIN_DEADLINE).await;
+        info!(streams_cut = report.streams_cut, "tunnel stopped");
+    }
+}
+
+/// The tunnel's routing table for the programmer's mesh VIPs. A VIP whose node has no live
+/// agent (no tunnel address) gets no entry: its connections are closed at once, which is
+/// what the client should see for a backend nobody can reach.
+fn routing_table(table: &TunnelTable) -> RoutingTable {
+    let mut routes = RoutingTable::new();
+    for (vip, target) in &table.targets {
+        let (Some(node), Some(tunnel)) = (&target.node, target.tunnel_address) else {
+            continue;
+        };
+        routes.insert(
+            *vip,
+            None,
+            RemoteTarget {
+                cluster: target.cluster.to_string(),
+                node: node.clone(),
+                tunnel,
+                backend_ip: target.backend_ip,
+                backend_port: None,
+            },
+        );
+    }
+    routes
+}
+
+async fn feed_routes(mut table: watch::Receiver<TunnelTable>, routes: watch::Sender<RoutingTable>) {
+    while table.changed().await.is_ok() {
+        let next = routing_table(&table.borrow_and_update());
+        routes.send_replace(next);
+    }
+}
+
+/// Connected clusters and their nodes' CA bundles, from the peers directory. A peer whose
+/// bundle cannot be read is left out (its nodes are refused) and the reason logged.
+fn read_connected(
+    dir: Option<&PathBuf>,
+    mesh: MaxConnectedClusters,
+) -> BTreeMap<String, TrustBundle> {
+    let Some(dir) = dir else {
+        return BTreeMap::new();
+    };
+    let peers = match clustermesh_store::read_peers(dir, mesh) {
+        Ok((peers, problems)) => {
+            for problem in problems {
+                warn!(%problem, "peer configuration refused; its nodes are not trusted");
+            }
+            peers
+        }
+        Err(error) => {
+            warn!(%error, "cannot read the peers directory; no peer is trusted");
+            return BTreeMap::new();
+        }
+    };
+    let mut connected = BTreeMap::new();
+    for (name, peer) in peers {
+        let Some(ca) = &peer.tunnel_ca else {
+            warn!(peer = %name, "the peer file names no CA (ca or tunnel_ca); its nodes are not trusted");
+            continue;
+        };
+        match TrustBundle::from_pem_file(ca) {
+            Ok(bundle) => {
+                connected.insert(name.to_string(), bundle);
+            }
+            Err(error) => warn!(peer = %name, %error, "its nodes are not trusted"),
+        }
+    }
+    connected
+}
+
+async fn feed_authorization(
+    peers_dir: Option<PathBuf>,
+    mesh: MaxConnectedClusters,
+    mut shared_backends: watch::Receiver<HashSet<SocketAddr>>,
+    mut connected: BTreeMap<String, TrustBundle>,
+    authz: watch::Sender<AuthorizationView>,
+) {
+    let mut poll = tokio::time::interval(PEERS_POLL);
+    loop {
+        tokio::select! {
+            changed = shared_backends.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = poll.tick() => {
+                let now = read_connected(peers_dir.as_ref(), mesh);
+                if now == connected {
+                    continue;
+                }
+                info!(peers = ?now.keys().collect::<Vec<_>>(), "connected peers changed");
+                connected = now;
+            }
+        }
+        authz.send_replace(AuthorizationView {
+            connected: connected.clone(),
+            shared_backends: shared_backends.borrow_and_update().clone(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clustermesh_model::ClusterName;
+
+    use super::*;
+    use crate::mesh_vip::TunnelTarget;
+
+    #[test]
+    fn only_vips_with_a_live_node_are_routed() {
+        let mut table = TunnelTable::default();
+        let target = |node: Option<&str>, tunnel: Option<&str>| TunnelTarget {
+            cluster: ClusterName::new("west").unwrap(),
+            backend_ip: "10.244.1.5".parse().unwrap(),
+            ports: BTreeSet::from([8080]),
+            node: node.map(str::to_owned),
+            tunnel_address: tunnel.map(|t| t.parse().unwrap()),
+        };
+        table.targets.insert(
+            "100.64.0.1".parse().unwrap(),
+            target(Some("west-1"), Some("172.20.2.10:4244")),
+        );
+        table
+            .targets
+            .insert("100.64.0.2".parse().unwrap(), target(Some("west-2"), None));
+        table
+            .targets
+            .insert("100.64.0.3".parse().unwrap(), target(None, None));
+        let routes = routing_table(&table);
+        let resolved = routes
+            .resolve("100.64.0.1:8080".parse().unwrap())
+            .expect("a live node's VIP is routed");
+        assert_eq!(resolved.backend, "10.244.1.5:8080".parse().unwrap());
+        assert_eq!(resolved.target.node, "west-1");
+        assert!(routes.resolve("100.64.0.2:8080".parse().unwrap()).is_none());
+        assert!(routes.resolve("100.64.0.3:8080".parse().unwrap()).is_none());
+    }
+}
