@@ -286,3 +286,10 @@ fn run(command: &mut Command) -> Result<(), NetNsError> {
         })
     }
 }
+
+/// Kills what runs inside the namespace `name` and deletes it, without a guard: for a signal
+/// handler that must clean up before the process exits (guards do not run on `exit`).
+pub fn delete(name: &str) {
+    kill_pids_in(name);
+    let _ = run(Command::new("ip").args(["netns", "del", name]));
+}
