@@ -70,17 +70,11 @@ pub enum Problem {
     #[error(
         "module \"{call}\": source {module_source:?} is not a local path (./ or ../); use plain resources or a module of this repository, since nothing can be downloaded"
     )]
-    RemoteModuleSource {
-        call: String,
-        module_source: String,
-    },
+    RemoteModuleSource { call: String, module_source: String },
     #[error(
         "module \"{call}\": source {module_source:?} is not a directory of this tree with .tf files"
     )]
-    MissingModuleSource {
-        call: String,
-        module_source: String,
-    },
+    MissingModuleSource { call: String, module_source: String },
 
     #[error("`var.{name}` is used, but this module declares no variable \"{name}\"")]
     UndeclaredVariable { name: String },
@@ -142,7 +136,9 @@ pub enum Problem {
         provider: String,
     },
 
-    #[error("CIDR {cidr} at {at} overlaps {other_cidr} at {other_at}, which belongs to another region")]
+    #[error(
+        "CIDR {cidr} at {at} overlaps {other_cidr} at {other_at}, which belongs to another region"
+    )]
     CidrOverlap {
         cidr: IpNet,
         at: String,
@@ -170,7 +166,10 @@ pub struct Module {
 impl Module {
     /// Parses in-memory files (name, text) as the module in `dir`. Files that do not parse are
     /// returned as findings and left out.
-    pub fn from_sources(dir: impl Into<PathBuf>, sources: &[(&str, &str)]) -> (Module, Vec<Finding>) {
+    pub fn from_sources(
+        dir: impl Into<PathBuf>,
+        sources: &[(&str, &str)],
+    ) -> (Module, Vec<Finding>) {
         let dir = dir.into();
         let mut findings = Vec::new();
         let mut files = Vec::new();
@@ -187,7 +186,10 @@ impl Module {
         (Module { dir, files }, findings)
     }
 
-    fn blocks<'a>(&'a self, identifier: &'a str) -> impl Iterator<Item = (&'a SourceFile, &'a Block)> + 'a {
+    fn blocks<'a>(
+        &'a self,
+        identifier: &'a str,
+    ) -> impl Iterator<Item = (&'a SourceFile, &'a Block)> + 'a {
         self.files.iter().flat_map(move |file| {
             file.body
                 .blocks()
@@ -253,7 +255,10 @@ pub fn check_tree(root: &Path) -> Report {
                 }),
             }
         }
-        let borrowed: Vec<(&str, &str)> = sources.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+        let borrowed: Vec<(&str, &str)> = sources
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
         let (module, findings) = Module::from_sources(relative, &borrowed);
         report.findings.extend(findings);
         set.insert(module);
@@ -329,7 +334,14 @@ fn normalize(path: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // What a module defines.
 
-const MODULE_META_ARGUMENTS: &[&str] = &["source", "version", "count", "for_each", "providers", "depends_on"];
+const MODULE_META_ARGUMENTS: &[&str] = &[
+    "source",
+    "version",
+    "count",
+    "for_each",
+    "providers",
+    "depends_on",
+];
 
 /// Reference roots that need no definition.
 const BUILTIN_ROOTS: &[&str] = &["path", "terraform", "count", "each", "self"];
@@ -397,7 +409,8 @@ fn index(module: &Module) -> Index<'_> {
                 }
                 ("data", Some(t), Some(n)) => {
                     if !idx.data.insert((t.to_owned(), n.to_owned())) {
-                        idx.findings.push(dup("data source", &format!("data.{t}.{n}")));
+                        idx.findings
+                            .push(dup("data source", &format!("data.{t}.{n}")));
                     }
                 }
                 ("module", Some(name), _) => {
@@ -461,7 +474,10 @@ struct Collector {
 impl Collector {
     fn expr(&mut self, expr: &Expression) {
         match expr {
-            Expression::Null | Expression::Bool(_) | Expression::Number(_) | Expression::String(_) => {}
+            Expression::Null
+            | Expression::Bool(_)
+            | Expression::Number(_)
+            | Expression::String(_) => {}
             Expression::Array(items) => items.iter().for_each(|e| self.expr(e)),
             Expression::Object(object) => {
                 for (key, value) in object.iter() {
@@ -483,7 +499,9 @@ impl Collector {
                     }
                 }
                 match &traversal.expr {
-                    Expression::Variable(name) => self.reference(name.as_str(), &traversal.operators),
+                    Expression::Variable(name) => {
+                        self.reference(name.as_str(), &traversal.operators)
+                    }
                     other => self.expr(other),
                 }
             }
@@ -584,7 +602,10 @@ impl Collector {
         for attr in body.attributes() {
             let skip = matches!(
                 (parent, attr.key()),
-                ("variable", "type") | ("lifecycle", "ignore_changes") | ("module", "providers") | (_, "provider")
+                ("variable", "type")
+                    | ("lifecycle", "ignore_changes")
+                    | ("module", "providers")
+                    | (_, "provider")
             );
             if !skip {
                 self.expr(attr.expr());
@@ -639,7 +660,8 @@ fn check_reference(
     match reference.root.as_str() {
         "var" => {
             let name = first?;
-            (!idx.variables.contains_key(name)).then(|| Problem::UndeclaredVariable { name: name.clone() })
+            (!idx.variables.contains_key(name))
+                .then(|| Problem::UndeclaredVariable { name: name.clone() })
         }
         "local" => {
             let name = first?;
@@ -656,7 +678,9 @@ fn check_reference(
             let output = reference.attrs.get(1)?;
             let source = module_source(block)?;
             let child = set.resolve(&module.dir, source)?;
-            let has_output = child.blocks("output").any(|(_, b)| label(b, 0) == Some(output));
+            let has_output = child
+                .blocks("output")
+                .any(|(_, b)| label(b, 0) == Some(output));
             (!has_output).then(|| Problem::UndeclaredModuleOutput {
                 call: name.clone(),
                 output: output.clone(),
@@ -672,7 +696,9 @@ fn check_reference(
         }
         root if BUILTIN_ROOTS.contains(&root) => None,
         root => match first {
-            None => Some(Problem::UnknownName { name: root.to_owned() }),
+            None => Some(Problem::UnknownName {
+                name: root.to_owned(),
+            }),
             Some(name) => (!idx.resources.contains(&(root.to_owned(), name.clone()))).then(|| {
                 Problem::UndefinedReference {
                     reference: reference.render(1),
@@ -730,7 +756,10 @@ pub fn check_module(module: &Module, set: &ModuleSet) -> Vec<Finding> {
     for (name, variable) in &idx.variables {
         let body = variable.block.body();
         if attribute(body, "type").is_none() {
-            push(variable.file, Problem::VariableWithoutType { name: name.clone() });
+            push(
+                variable.file,
+                Problem::VariableWithoutType { name: name.clone() },
+            );
         }
         if attribute(body, "description").is_none() {
             push(
@@ -836,15 +865,28 @@ pub fn check_module(module: &Module, set: &ModuleSet) -> Vec<Finding> {
             continue;
         };
         let refs = references_of_expr(value);
-        let defined = refs.iter().any(|r| !BUILTIN_ROOTS.contains(&r.root.as_str()));
-        let all_resolve = refs.iter().all(|r| check_reference(r, module, &idx, set).is_none());
+        let defined = refs
+            .iter()
+            .any(|r| !BUILTIN_ROOTS.contains(&r.root.as_str()));
+        let all_resolve = refs
+            .iter()
+            .all(|r| check_reference(r, module, &idx, set).is_none());
         if !defined && all_resolve {
-            push(file, Problem::OutputReferencesNothing { name: name.clone() });
+            push(
+                file,
+                Problem::OutputReferencesNothing { name: name.clone() },
+            );
         }
         if !is_true(body, "sensitive")
             && let Some(what) = refs.iter().find_map(|r| secret_in(r, module, &idx, set))
         {
-            push(file, Problem::OutputNotSensitive { name: name.clone(), what });
+            push(
+                file,
+                Problem::OutputNotSensitive {
+                    name: name.clone(),
+                    what,
+                },
+            );
         }
     }
 
@@ -854,16 +896,17 @@ pub fn check_module(module: &Module, set: &ModuleSet) -> Vec<Finding> {
 }
 
 /// Why a reference carries a secret, if it does.
-fn secret_in(reference: &Reference, module: &Module, idx: &Index<'_>, set: &ModuleSet) -> Option<String> {
-    if let Some(attr) = reference
-        .all_attrs
-        .iter()
-        .find(|a| {
-            a.contains("private_key")
-                || (a.ends_with("key_pem") && !a.contains("public"))
-                || a.as_str() == "password"
-        })
-    {
+fn secret_in(
+    reference: &Reference,
+    module: &Module,
+    idx: &Index<'_>,
+    set: &ModuleSet,
+) -> Option<String> {
+    if let Some(attr) = reference.all_attrs.iter().find(|a| {
+        a.contains("private_key")
+            || (a.ends_with("key_pem") && !a.contains("public"))
+            || a.as_str() == "password"
+    }) {
         return Some(format!("`{attr}` of {}", reference.render(1)));
     }
     match reference.root.as_str() {
@@ -878,8 +921,11 @@ fn secret_in(reference: &Reference, module: &Module, idx: &Index<'_>, set: &Modu
             let (call, output) = (reference.attrs.first()?, reference.attrs.get(1)?);
             let (_, block) = idx.modules.get(call)?;
             let child = set.resolve(&module.dir, module_source(block)?)?;
-            let (_, out) = child.blocks("output").find(|(_, b)| label(b, 0) == Some(output))?;
-            is_true(out.body(), "sensitive").then(|| format!("the sensitive output `module.{call}.{output}`"))
+            let (_, out) = child
+                .blocks("output")
+                .find(|(_, b)| label(b, 0) == Some(output))?;
+            is_true(out.body(), "sensitive")
+                .then(|| format!("the sensitive output `module.{call}.{output}`"))
         }
         _ => None,
     }
@@ -895,7 +941,11 @@ pub fn check_versions(module: &Module) -> Vec<Finding> {
         if attribute(block.body(), "required_version").is_some() {
             has_required_version = true;
         }
-        for providers in block.body().blocks().filter(|b| b.identifier() == "required_providers") {
+        for providers in block
+            .body()
+            .blocks()
+            .filter(|b| b.identifier() == "required_providers")
+        {
             for entry in providers.body().attributes() {
                 let provider = entry.key().to_owned();
                 listed.insert(provider.clone());
@@ -916,10 +966,12 @@ pub fn check_versions(module: &Module) -> Vec<Finding> {
                     Some(Expression::String(c)) if c.trim().is_empty() => {
                         Some(Problem::ProviderWithoutVersion { provider })
                     }
-                    Some(Expression::String(c)) if !c.contains("~>") => Some(Problem::ProviderVersionNotPessimistic {
-                        provider,
-                        constraint: c.clone(),
-                    }),
+                    Some(Expression::String(c)) if !c.contains("~>") => {
+                        Some(Problem::ProviderVersionNotPessimistic {
+                            provider,
+                            constraint: c.clone(),
+                        })
+                    }
                     Some(Expression::String(_)) => None,
                     _ => Some(Problem::ProviderWithoutVersion { provider }),
                 };
@@ -940,7 +992,9 @@ pub fn check_versions(module: &Module) -> Vec<Finding> {
     }
     for (kind, identifier) in [("resource", "resource"), ("data source", "data")] {
         for (file, block) in module.blocks(identifier) {
-            let Some(type_name) = label(block, 0) else { continue };
+            let Some(type_name) = label(block, 0) else {
+                continue;
+            };
             let provider = match attribute(block.body(), "provider") {
                 Some(Expression::Variable(v)) => v.to_string(),
                 Some(Expression::Traversal(t)) => match &t.expr {
@@ -980,7 +1034,9 @@ struct FoundCidr {
 pub fn check_cidr_overlaps(module: &Module) -> Vec<Finding> {
     let mut found = Vec::new();
     for (file, block) in module.blocks("variable") {
-        let Some(name) = label(block, 0) else { continue };
+        let Some(name) = label(block, 0) else {
+            continue;
+        };
         if let Some(default) = attribute(block.body(), "default") {
             let at = format!("var.{name}");
             collect_cidrs(default, &at, &at, &file.path, &mut found);
@@ -989,7 +1045,9 @@ pub fn check_cidr_overlaps(module: &Module) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (i, a) in found.iter().enumerate() {
         for b in &found[i + 1..] {
-            if a.region != b.region && (a.cidr.contains(&b.cidr.network()) || b.cidr.contains(&a.cidr.network())) {
+            if a.region != b.region
+                && (a.cidr.contains(&b.cidr.network()) || b.cidr.contains(&a.cidr.network()))
+            {
                 findings.push(Finding {
                     file: b.file.clone(),
                     problem: Problem::CidrOverlap {
@@ -1025,7 +1083,9 @@ fn collect_cidrs(expr: &Expression, at: &str, region: &str, file: &Path, out: &m
             }
         }
         Expression::Object(object) => {
-            let is_region = object.iter().any(|(k, _)| object_key(k).as_deref() == Some("region"));
+            let is_region = object
+                .iter()
+                .any(|(k, _)| object_key(k).as_deref() == Some("region"));
             let region = if is_region { at } else { region };
             for (key, value) in object.iter() {
                 let Some(key) = object_key(key) else { continue };

@@ -19,7 +19,10 @@ fn module(dir: &str, files: &[(&str, &str)]) -> Module {
 }
 
 fn problems(module: &Module, set: &ModuleSet) -> Vec<Problem> {
-    check_module(module, set).into_iter().map(|f| f.problem).collect()
+    check_module(module, set)
+        .into_iter()
+        .map(|f| f.problem)
+        .collect()
 }
 
 fn only(module: Module) -> Vec<Problem> {
@@ -45,12 +48,18 @@ output "endpoint" {
 
 fn set_with_child() -> ModuleSet {
     let mut set = ModuleSet::default();
-    set.insert(module("modules/child", &[("main.tf", CHILD), ("versions.tf", VERSIONS)]));
+    set.insert(module(
+        "modules/child",
+        &[("main.tf", CHILD), ("versions.tf", VERSIONS)],
+    ));
     set
 }
 
 fn root(main: &str) -> Module {
-    module("examples/one", &[("main.tf", main), ("versions.tf", VERSIONS)])
+    module(
+        "examples/one",
+        &[("main.tf", main), ("versions.tf", VERSIONS)],
+    )
 }
 
 #[test]
@@ -69,7 +78,10 @@ output "endpoint" {
 "#,
     );
     assert_eq!(problems(&root, &set), vec![]);
-    assert_eq!(problems(&set.modules[Path::new("modules/child")], &set), vec![]);
+    assert_eq!(
+        problems(&set.modules[Path::new("modules/child")], &set),
+        vec![]
+    );
 }
 
 #[test]
@@ -99,7 +111,11 @@ module "a" {
     // Meta-arguments are not variables.
     assert!(!problems.iter().any(|p| p.to_string().contains("`count`")));
     // The message names the file.
-    assert!(findings[0].to_string().starts_with("examples/one/main.tf: module \"a\""));
+    assert!(
+        findings[0]
+            .to_string()
+            .starts_with("examples/one/main.tf: module \"a\"")
+    );
 }
 
 #[test]
@@ -116,10 +132,13 @@ module "gone" {
 "#,
     );
     let problems = problems(&root, &set);
-    assert!(matches!(&problems[..], [
+    assert!(
+        matches!(&problems[..], [
         Problem::MissingModuleSource { call: gone, .. },
         Problem::RemoteModuleSource { call: remote, .. },
-    ] if gone == "gone" && remote == "remote"), "{problems:?}");
+    ] if gone == "gone" && remote == "remote"),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -163,9 +182,15 @@ resource "tls_private_key" "ca" {
     assert_eq!(
         problems,
         vec![
-            Problem::UndeclaredVariable { name: "nmae".into() },
-            Problem::UndefinedLocal { name: "algorithm".into() },
-            Problem::UndeclaredVariable { name: "sizes".into() },
+            Problem::UndeclaredVariable {
+                name: "nmae".into()
+            },
+            Problem::UndefinedLocal {
+                name: "algorithm".into()
+            },
+            Problem::UndeclaredVariable {
+                name: "sizes".into()
+            },
         ]
     );
 }
@@ -226,7 +251,9 @@ output "gone" {
                 reference: "data.tls_certificate.peer".into(),
                 kind: "data source",
             },
-            Problem::OutputReferencesNothing { name: "constant".into() },
+            Problem::OutputReferencesNothing {
+                name: "constant".into()
+            },
         ]
     );
 }
@@ -269,7 +296,9 @@ variable "service_type" {
     assert_eq!(
         problems,
         vec![
-            Problem::UndeclaredVariable { name: "other".into() },
+            Problem::UndeclaredVariable {
+                name: "other".into()
+            },
             Problem::VariableWithoutType {
                 name: "service_type".into()
             },
@@ -309,7 +338,9 @@ resource "google_compute_network" "n" {
     assert_eq!(
         problems,
         vec![
-            Problem::ProviderWithoutVersion { provider: "aws".into() },
+            Problem::ProviderWithoutVersion {
+                provider: "aws".into()
+            },
             Problem::ProviderVersionNotPessimistic {
                 provider: "kubernetes".into(),
                 constraint: ">= 2.0".into(),

@@ -43,7 +43,13 @@ fn every_module_and_example_is_checked() {
 fn every_module_and_example_has_a_readme_and_the_registry_layout() {
     let root = tree();
     for module in check_tree(&root).modules {
-        for file in ["README.md", "main.tf", "variables.tf", "outputs.tf", "versions.tf"] {
+        for file in [
+            "README.md",
+            "main.tf",
+            "variables.tf",
+            "outputs.tf",
+            "versions.tf",
+        ] {
             assert!(
                 root.join(&module).join(file).is_file(),
                 "terraform/{} has no {file}",
