@@ -235,21 +235,20 @@ impl Report {
     }
 }
 
-/// Loads every module under `root` (skipping `.terraform` and other hidden directories) and
-/// checks each; modules under an `examples` directory are also checked for CIDR overlaps.
-/// Paths in findings are relative to `root`.
-pub fn check_tree(root: &Path) -> Report {
-    let mut report = Report::default();
+/// Loads every module under `root` (skipping `.terraform` and other hidden directories), with
+/// paths relative to `root`. Files that cannot be read or parsed are returned as findings.
+pub fn load_tree(root: &Path) -> (ModuleSet, Vec<Finding>) {
+    let mut findings = Vec::new();
     let mut set = ModuleSet::default();
     let mut dirs = Vec::new();
-    collect_module_dirs(root, Path::new(""), &mut dirs, &mut report.findings);
+    collect_module_dirs(root, Path::new(""), &mut dirs, &mut findings);
     for (relative, tf_files) in dirs {
         let mut sources = Vec::new();
         for file in tf_files {
             let path = root.join(&relative).join(&file);
             match std::fs::read_to_string(&path) {
                 Ok(text) => sources.push((file, text)),
-                Err(e) => report.findings.push(Finding {
+                Err(e) => findings.push(Finding {
                     file: relative.join(&file),
                     problem: Problem::Read(e.to_string()),
                 }),
@@ -259,14 +258,30 @@ pub fn check_tree(root: &Path) -> Report {
             .iter()
             .map(|(n, t)| (n.as_str(), t.as_str()))
             .collect();
-        let (module, findings) = Module::from_sources(relative, &borrowed);
-        report.findings.extend(findings);
+        let (module, parse_findings) = Module::from_sources(relative, &borrowed);
+        findings.extend(parse_findings);
         set.insert(module);
     }
+    (set, findings)
+}
+
+/// Whether a module is an example (under a directory named `examples`).
+pub fn is_example(module: &Module) -> bool {
+    module.dir.components().any(|c| c.as_os_str() == "examples")
+}
+
+/// Loads and checks every module under `root`; examples are also checked for CIDR overlaps.
+/// Paths in findings are relative to `root`.
+pub fn check_tree(root: &Path) -> Report {
+    let (set, findings) = load_tree(root);
+    let mut report = Report {
+        modules: Vec::new(),
+        findings,
+    };
     for module in set.modules.values() {
         report.modules.push(module.dir.clone());
         report.findings.extend(check_module(module, &set));
-        if module.dir.components().any(|c| c.as_os_str() == "examples") {
+        if is_example(module) {
             report.findings.extend(check_cidr_overlaps(module));
         }
     }
@@ -381,49 +396,46 @@ fn index(module: &Module) -> Index<'_> {
     let mut idx = Index::default();
     for file in &module.files {
         let path = file.path.as_path();
-        let dup = |kind: &'static str, name: &str| idx_dup(path, kind, name);
         for block in file.body.blocks() {
-            match (block.identifier(), label(block, 0), label(block, 1)) {
-                ("variable", Some(name), _) => {
-                    let variable = Variable {
-                        file: path,
-                        block,
-                        required: attribute(block.body(), "default").is_none(),
-                        sensitive: is_true(block.body(), "sensitive"),
-                    };
-                    if idx.variables.insert(name.to_owned(), variable).is_some() {
-                        idx.findings.push(dup("variable", name));
+            // The kind and name of what the block defines, if it was defined before.
+            let duplicate: Option<(&'static str, String)> =
+                match (block.identifier(), label(block, 0), label(block, 1)) {
+                    ("variable", Some(name), _) => {
+                        let variable = Variable {
+                            file: path,
+                            block,
+                            required: attribute(block.body(), "default").is_none(),
+                            sensitive: is_true(block.body(), "sensitive"),
+                        };
+                        let before = idx.variables.insert(name.to_owned(), variable);
+                        before.map(|_| ("variable", name.to_owned()))
                     }
-                }
-                ("locals", _, _) => {
-                    for attr in block.body().attributes() {
-                        if !idx.locals.insert(attr.key().to_owned()) {
-                            idx.findings.push(dup("local", attr.key()));
+                    ("locals", _, _) => {
+                        for attr in block.body().attributes() {
+                            if !idx.locals.insert(attr.key().to_owned()) {
+                                idx.findings.push(idx_dup(path, "local", attr.key()));
+                            }
                         }
+                        None
                     }
-                }
-                ("resource", Some(t), Some(n)) => {
-                    if !idx.resources.insert((t.to_owned(), n.to_owned())) {
-                        idx.findings.push(dup("resource", &format!("{t}.{n}")));
+                    ("resource", Some(t), Some(n)) => {
+                        (!idx.resources.insert((t.to_owned(), n.to_owned())))
+                            .then(|| ("resource", format!("{t}.{n}")))
                     }
-                }
-                ("data", Some(t), Some(n)) => {
-                    if !idx.data.insert((t.to_owned(), n.to_owned())) {
-                        idx.findings
-                            .push(dup("data source", &format!("data.{t}.{n}")));
-                    }
-                }
-                ("module", Some(name), _) => {
-                    if idx.modules.insert(name.to_owned(), (path, block)).is_some() {
-                        idx.findings.push(dup("module", name));
-                    }
-                }
-                ("output", Some(name), _) => {
-                    if idx.outputs.insert(name.to_owned(), (path, block)).is_some() {
-                        idx.findings.push(dup("output", name));
-                    }
-                }
-                _ => {}
+                    ("data", Some(t), Some(n)) => (!idx.data.insert((t.to_owned(), n.to_owned())))
+                        .then(|| ("data source", format!("data.{t}.{n}"))),
+                    ("module", Some(name), _) => idx
+                        .modules
+                        .insert(name.to_owned(), (path, block))
+                        .map(|_| ("module", name.to_owned())),
+                    ("output", Some(name), _) => idx
+                        .outputs
+                        .insert(name.to_owned(), (path, block))
+                        .map(|_| ("output", name.to_owned())),
+                    _ => None,
+                };
+            if let Some((kind, name)) = duplicate {
+                idx.findings.push(idx_dup(path, kind, &name));
             }
         }
     }
@@ -613,8 +625,7 @@ impl Collector {
         }
         for block in body.blocks() {
             match block.identifier() {
-                // Provider requirements and configuration aliases are not references.
-                "terraform" | "moved" | "import" | "removed" => {}
+                identifier if holds_no_references(identifier) => {}
                 "dynamic" => {
                     let iterator = match attribute(block.body(), "iterator") {
                         Some(Expression::Variable(v)) => v.to_string(),
@@ -637,9 +648,17 @@ impl Collector {
     }
 }
 
+/// Blocks whose names are not references to the module's objects: provider requirements and
+/// configuration aliases (`aws.west`), and the address-only blocks.
+fn holds_no_references(identifier: &str) -> bool {
+    matches!(identifier, "terraform" | "moved" | "import" | "removed")
+}
+
 fn references_of_body(body: &Body, identifier: &str) -> Vec<Reference> {
     let mut c = Collector::default();
-    c.body(body, identifier);
+    if !holds_no_references(identifier) {
+        c.body(body, identifier);
+    }
     c.refs
 }
 
@@ -1019,19 +1038,19 @@ pub fn check_versions(module: &Module) -> Vec<Finding> {
 }
 
 /// A CIDR found in a variable default, with where it was found and which region it belongs to.
-#[derive(Debug, Clone)]
-struct FoundCidr {
-    cidr: IpNet,
-    at: String,
-    region: String,
-    file: PathBuf,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionCidr {
+    pub cidr: IpNet,
+    /// Where in the default it is, such as `var.clusters[1].vpc_cidr`.
+    pub at: String,
+    /// The region object it is in (its path), or the variable when it is in none.
+    pub region: String,
+    pub file: PathBuf,
 }
 
-/// In an example, the CIDRs in variable defaults must not overlap across regions. A region is
-/// an object in a default that has a `region` attribute (for example one element of a
-/// `clusters` map); CIDRs outside such an object belong to their variable. CIDRs of one region
-/// may nest (a VPC and its subnets).
-pub fn check_cidr_overlaps(module: &Module) -> Vec<Finding> {
+/// Every CIDR in the module's variable defaults, with the region it belongs to (see
+/// [`check_cidr_overlaps`]).
+pub fn region_cidrs(module: &Module) -> Vec<RegionCidr> {
     let mut found = Vec::new();
     for (file, block) in module.blocks("variable") {
         let Some(name) = label(block, 0) else {
@@ -1042,6 +1061,15 @@ pub fn check_cidr_overlaps(module: &Module) -> Vec<Finding> {
             collect_cidrs(default, &at, &at, &file.path, &mut found);
         }
     }
+    found
+}
+
+/// In an example, the CIDRs in variable defaults must not overlap across regions. A region is
+/// an object in a default that has a `region` attribute (for example one element of a
+/// `clusters` map); CIDRs outside such an object belong to their variable. CIDRs of one region
+/// may nest (a VPC and its subnets).
+pub fn check_cidr_overlaps(module: &Module) -> Vec<Finding> {
+    let found = region_cidrs(module);
     let mut findings = Vec::new();
     for (i, a) in found.iter().enumerate() {
         for b in &found[i + 1..] {
@@ -1063,13 +1091,19 @@ pub fn check_cidr_overlaps(module: &Module) -> Vec<Finding> {
     findings
 }
 
-fn collect_cidrs(expr: &Expression, at: &str, region: &str, file: &Path, out: &mut Vec<FoundCidr>) {
+fn collect_cidrs(
+    expr: &Expression,
+    at: &str,
+    region: &str,
+    file: &Path,
+    out: &mut Vec<RegionCidr>,
+) {
     match expr {
         Expression::String(s) => {
             if s.contains('/')
                 && let Ok(cidr) = s.parse::<IpNet>()
             {
-                out.push(FoundCidr {
+                out.push(RegionCidr {
                     cidr,
                     at: at.to_owned(),
                     region: region.to_owned(),

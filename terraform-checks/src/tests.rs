@@ -409,3 +409,33 @@ fn module_sources_resolve_lexically() {
     );
     assert_eq!(normalize(Path::new("./a/./b")), Path::new("a/b"));
 }
+
+#[test]
+fn provider_aliases_are_not_resource_references() {
+    let module = module(
+        "modules/peering",
+        &[(
+            "main.tf",
+            r#"
+terraform {
+  required_version = ">= 1.5.0"
+  required_providers {
+    aws = {
+      source                = "hashicorp/aws"
+      version               = "~> 5.70"
+      configuration_aliases = [aws.requester, aws.accepter]
+    }
+  }
+}
+data "aws_caller_identity" "accepter" {
+  provider = aws.accepter
+}
+resource "aws_vpc_peering_connection" "this" {
+  provider      = aws.requester
+  peer_owner_id = data.aws_caller_identity.accepter.account_id
+}
+"#,
+        )],
+    );
+    assert_eq!(only(module), vec![]);
+}

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use clustermesh_terraform_checks::check_tree;
+use std::collections::BTreeSet;
+
+use clustermesh_terraform_checks::{check_tree, is_example, load_tree, region_cidrs};
 
 fn tree() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../terraform")
@@ -56,5 +58,27 @@ fn every_module_and_example_has_a_readme_and_the_registry_layout() {
                 module.display()
             );
         }
+    }
+}
+
+#[test]
+fn every_example_has_cidr_defaults_in_at_least_two_regions() {
+    // So that the overlap check has something to compare.
+    let (set, _) = load_tree(&tree());
+    let examples: Vec<_> = set.modules.values().filter(|m| is_example(m)).collect();
+    assert!(
+        examples.len() >= 2,
+        "no examples found under terraform/examples"
+    );
+    for example in examples {
+        let regions: BTreeSet<String> = region_cidrs(example)
+            .into_iter()
+            .map(|c| c.region)
+            .collect();
+        assert!(
+            regions.len() >= 2,
+            "terraform/{}: expected CIDR defaults in at least two regions, found {regions:?}",
+            example.dir.display()
+        );
     }
 }
