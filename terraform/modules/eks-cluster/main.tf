@@ -53,8 +53,9 @@ resource "aws_subnet" "public" {
   map_public_ip_on_launch = false
 
   tags = merge(local.tags, {
-    Name                     = "${var.name}-public-${local.azs[count.index]}"
-    "kubernetes.io/role/elb" = "1"
+    Name                                = "${var.name}-public-${local.azs[count.index]}"
+    "kubernetes.io/role/elb"            = "1"
+    "kubernetes.io/cluster/${var.name}" = "shared"
   })
 
   lifecycle {
@@ -73,8 +74,9 @@ resource "aws_subnet" "nodes" {
   availability_zone = local.azs[count.index]
 
   tags = merge(local.tags, {
-    Name                              = "${var.name}-nodes-${local.azs[count.index]}"
-    "kubernetes.io/role/internal-elb" = "1"
+    Name                                = "${var.name}-nodes-${local.azs[count.index]}"
+    "kubernetes.io/role/internal-elb"   = "1"
+    "kubernetes.io/cluster/${var.name}" = "shared"
   })
 }
 
