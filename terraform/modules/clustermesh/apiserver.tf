@@ -139,43 +139,19 @@ resource "kubernetes_deployment_v1" "apiserver" {
           image             = var.image
           image_pull_policy = var.image_pull_policy
           command           = ["clustermesh-apiserver"]
+          # Flags rather than environment variables, whose names have changed before.
           args = [
             "--source=kubernetes",
+            "--cluster-name=${var.cluster_name}",
+            "--cluster-id=${var.cluster_id}",
+            "--etcd-endpoints=https://127.0.0.1:${local.etcd_port}",
+            "--etcd-ca=${local.client_tls_dir}/ca.crt",
+            "--etcd-cert=${local.client_tls_dir}/tls.crt",
+            "--etcd-key=${local.client_tls_dir}/tls.key",
+            "--peers-dir=${local.peers_dir}",
+            "--health-addr=0.0.0.0:${local.apiserver_health}",
             "--cluster-ca=${local.ca_dir}/ca.crt",
           ]
-
-          env {
-            name  = "CLUSTER_NAME"
-            value = var.cluster_name
-          }
-          env {
-            name  = "CLUSTER_ID"
-            value = tostring(var.cluster_id)
-          }
-          env {
-            name  = "ETCD_ENDPOINTS"
-            value = "https://127.0.0.1:${local.etcd_port}"
-          }
-          env {
-            name  = "ETCD_CA"
-            value = "${local.client_tls_dir}/ca.crt"
-          }
-          env {
-            name  = "ETCD_CERT"
-            value = "${local.client_tls_dir}/tls.crt"
-          }
-          env {
-            name  = "ETCD_KEY"
-            value = "${local.client_tls_dir}/tls.key"
-          }
-          env {
-            name  = "CLUSTERMESH_PEERS_DIR"
-            value = local.peers_dir
-          }
-          env {
-            name  = "HEALTH_ADDR"
-            value = "0.0.0.0:${local.apiserver_health}"
-          }
 
           port {
             name           = "health"
