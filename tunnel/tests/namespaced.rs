@@ -167,8 +167,8 @@ struct Mesh {
 impl Mesh {
     fn new(tag: &str) -> Self {
         let link = Link::create(tag).expect("create the namespaces and the veth pair");
-        let client_rt = link.client.runtime(1).expect("client runtime");
-        let server_rt = link.server.runtime(1).expect("server runtime");
+        let client_rt = link.client.runtime("tunnel-a", 1).expect("client runtime");
+        let server_rt = link.server.runtime("tunnel-b", 1).expect("server runtime");
         let dir = tempfile::tempdir().unwrap();
         let east = ClusterCa::new(TRUST_DOMAIN, "east", dir.path());
         let west = ClusterCa::new(TRUST_DOMAIN, "west", dir.path());

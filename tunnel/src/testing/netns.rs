@@ -134,18 +134,22 @@ impl NetNs {
     }
 
     /// A multi-threaded Tokio runtime whose worker and blocking threads all live in the
-    /// namespace.
-    pub fn runtime(&self, workers: usize) -> Result<tokio::runtime::Runtime, NetNsError> {
+    /// namespace; its threads are called `name` (profilers show it).
+    pub fn runtime(
+        &self,
+        name: &str,
+        workers: usize,
+    ) -> Result<tokio::runtime::Runtime, NetNsError> {
         // Fail here, with the reason, rather than in a runtime thread.
         self.run(|| ())?;
         let file = self.file.clone();
-        let name = self.name.clone();
+        let netns = self.name.clone();
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
-            .thread_name(format!("{}-rt", self.name))
+            .thread_name(name)
             .on_thread_start(move || {
                 if let Err(error) = setns(&*file, CloneFlags::CLONE_NEWNET) {
-                    panic!("setns into {name} in a runtime thread: {error}");
+                    panic!("setns into {netns} in a runtime thread: {error}");
                 }
             })
             .enable_all()

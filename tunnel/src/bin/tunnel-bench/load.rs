@@ -159,3 +159,28 @@ pub fn connects(addr: SocketAddr, count: usize) -> io::Result<Vec<Duration>> {
     }
     Ok(samples)
 }
+
+/// A plain TCP relay (no TLS, no framing): what any user-space proxy pays for its two extra
+/// TCP hops, the ceiling for the TLS cases.
+pub async fn serve_relay(listener: tokio::net::TcpListener, to: SocketAddr) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                return;
+            };
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut inbound,
+                &mut outbound,
+                64 * 1024,
+                64 * 1024,
+            )
+            .await;
+        });
+    }
+}

@@ -9,7 +9,9 @@
 //! - clustermesh tunnel: → outbound listener of node `a` → HTTP/2 CONNECT over mutual TLS 1.3
 //!   → node `b` → backend;
 //! - stunnel4: → stunnel (client mode) → mutual TLS 1.3 → stunnel (server) → backend;
-//! - HAProxy: → haproxy (`server … ssl`) → mutual TLS 1.3 → haproxy (`bind … ssl`) → backend.
+//! - HAProxy: → haproxy (`server … ssl`) → mutual TLS 1.3 → haproxy (`bind … ssl`) → backend;
+//! - TCP relay ×2: → a plain user-space relay → another one → backend, no TLS: the cost of the
+//!   two extra TCP hops every proxy here has, i.e. the ceiling for the TLS cases (not judged).
 //!
 //! For each: throughput with one stream and with N parallel streams (client → backend), the
 //! round-trip time of a small ping on an established connection, and connect + one round trip
@@ -20,6 +22,7 @@
 //! (unless `--no-install`). Namespaces, processes and files are removed at the end, on error
 //! and on Ctrl-C; namespaces left by a killed run are removed at the next start.
 
+mod cpu;
 mod load;
 mod proxies;
 mod report;
@@ -72,6 +75,34 @@ struct Args {
     /// Fail instead of installing missing stunnel4/haproxy packages.
     #[arg(long)]
     no_install: bool,
+    /// Cases to run (targets are judged only with plain, tunnel and stunnel).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "plain,relay,tunnel,stunnel,haproxy"
+    )]
+    cases: Vec<CaseKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CaseKind {
+    Plain,
+    Relay,
+    Tunnel,
+    Stunnel,
+    Haproxy,
+}
+
+impl CaseKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain TCP",
+            Self::Relay => "TCP relay x2 no TLS",
+            Self::Tunnel => "clustermesh tunnel",
+            Self::Stunnel => "stunnel4",
+            Self::Haproxy => "HAProxy",
+        }
+    }
 }
 
 const TRUST_DOMAIN: &str = "bench.clustermesh";
@@ -82,6 +113,8 @@ const HAPROXY_PORT: u16 = 4246;
 const LOCAL_TUNNEL: u16 = 15001;
 const LOCAL_STUNNEL: u16 = 15002;
 const LOCAL_HAPROXY: u16 = 15003;
+const RELAY_PORT: u16 = 4247;
+const LOCAL_RELAY: u16 = 15004;
 
 /// What a signal handler must remove before the process exits (drop guards do not run then).
 static PENDING: Mutex<Vec<Pending>> = Mutex::new(Vec::new());
@@ -155,7 +188,7 @@ impl TunnelNode {
         inbound: SocketAddr,
         outbound: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let runtime = netns.runtime(threads)?;
+        let runtime = netns.runtime(&format!("tunnel-{node}"), threads)?;
         let config = TunnelConfig::new(TRUST_DOMAIN, &ca.cluster, node, ca.node(node));
         let (routes, routes_rx) = watch::channel(RoutingTable::new());
         let (authz, authz_rx) = watch::channel(AuthorizationView::default());
@@ -219,7 +252,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let west = ClusterCa::new(TRUST_DOMAIN, "west", dir.path());
 
     let backend = SocketAddr::from((SERVER_IP, BACKEND_PORT));
-    let backend_rt = link.server.runtime(2)?;
+    let backend_rt = link.server.runtime("backend", 2)?;
     NetNs::block_on(&backend_rt, async move {
         let listener = tokio::net::TcpListener::bind(backend).await?;
         tokio::spawn(load::serve_backend(listener));
@@ -228,45 +261,86 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     .context("start the backend")?;
 
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let server_tunnel = SocketAddr::from((SERVER_IP, TUNNEL_PORT));
-    let a = TunnelNode::start(
-        &link.client,
-        args.threads,
-        &east,
-        "a",
-        SocketAddr::from((netns::CLIENT_IP, TUNNEL_PORT)),
-        local(LOCAL_TUNNEL),
-    )?;
-    let b = TunnelNode::start(
-        &link.server,
-        args.threads,
-        &west,
-        "b",
-        server_tunnel,
-        local(LOCAL_TUNNEL),
-    )?;
-    a.authz.send_modify(|view| {
-        view.connected.insert("west".into(), west.bundle());
-    });
-    b.authz.send_modify(|view| {
-        view.connected.insert("east".into(), east.bundle());
-        view.shared_backends.insert(backend);
-    });
-    a.routes.send_modify(|table| {
-        table.insert(
-            Ipv4Addr::LOCALHOST.into(),
-            Some(LOCAL_TUNNEL),
-            RemoteTarget {
-                cluster: "west".into(),
-                node: "b".into(),
-                tunnel: server_tunnel,
-                backend_ip: backend.ip(),
-                backend_port: Some(BACKEND_PORT),
-            },
-        );
-    });
+    let wanted = |kind| args.cases.contains(&kind);
+    let in_client = |f: &mut (dyn FnMut() -> std::io::Result<()> + Send)| {
+        link.client.run(f).map_err(std::io::Error::other)?
+    };
+    let mut cases: Vec<(CaseKind, SocketAddr, cpu::Meter)> = Vec::new();
+    // Everything that runs for the measurement; stopped in reverse order at the end.
+    let mut proxies_running: Vec<proxies::Proxy> = Vec::new();
+    let mut runtimes: Vec<tokio::runtime::Runtime> = Vec::new();
+    let mut tunnel_nodes: Vec<TunnelNode> = Vec::new();
 
+    if wanted(CaseKind::Plain) {
+        cases.push((CaseKind::Plain, backend, cpu::Meter::None));
+    }
+    if wanted(CaseKind::Relay) {
+        let server_relay = SocketAddr::from((SERVER_IP, RELAY_PORT));
+        for (netns, name, listen, to) in [
+            (&link.server, "relay-b", server_relay, backend),
+            (&link.client, "relay-a", local(LOCAL_RELAY), server_relay),
+        ] {
+            let runtime = netns.runtime(name, args.threads)?;
+            NetNs::block_on(&runtime, async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tokio::spawn(load::serve_relay(listener, to));
+                std::io::Result::Ok(())
+            })
+            .with_context(|| format!("start {name}"))?;
+            runtimes.push(runtime);
+        }
+        cases.push((
+            CaseKind::Relay,
+            local(LOCAL_RELAY),
+            cpu::Meter::Threads(vec!["relay-"]),
+        ));
+    }
     let a_creds = east.node("a-proxy");
+    if wanted(CaseKind::Tunnel) {
+        let server_tunnel = SocketAddr::from((SERVER_IP, TUNNEL_PORT));
+        let a = TunnelNode::start(
+            &link.client,
+            args.threads,
+            &east,
+            "a",
+            SocketAddr::from((netns::CLIENT_IP, TUNNEL_PORT)),
+            local(LOCAL_TUNNEL),
+        )?;
+        let b = TunnelNode::start(
+            &link.server,
+            args.threads,
+            &west,
+            "b",
+            server_tunnel,
+            local(LOCAL_TUNNEL),
+        )?;
+        a.authz.send_modify(|view| {
+            view.connected.insert("west".into(), west.bundle());
+        });
+        b.authz.send_modify(|view| {
+            view.connected.insert("east".into(), east.bundle());
+            view.shared_backends.insert(backend);
+        });
+        a.routes.send_modify(|table| {
+            table.insert(
+                Ipv4Addr::LOCALHOST.into(),
+                Some(LOCAL_TUNNEL),
+                RemoteTarget {
+                    cluster: "west".into(),
+                    node: "b".into(),
+                    tunnel: server_tunnel,
+                    backend_ip: backend.ip(),
+                    backend_port: Some(BACKEND_PORT),
+                },
+            );
+        });
+        tunnel_nodes.extend([a, b]);
+        cases.push((
+            CaseKind::Tunnel,
+            local(LOCAL_TUNNEL),
+            cpu::Meter::Threads(vec!["tunnel-"]),
+        ));
+    }
     let b_creds = west.node("b-proxy");
     let client_side = || Side {
         own: &a_creds,
@@ -276,56 +350,60 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         own: &b_creds,
         peer_ca: east.ca_path(),
     };
-    let mut stunnel = proxies::start_stunnel(
-        &tools,
-        dir.path(),
-        &link.client,
-        &link.server,
-        client_side(),
-        server_side(),
-        local(LOCAL_STUNNEL),
-        SocketAddr::from((SERVER_IP, STUNNEL_PORT)),
-        backend,
-    )?;
-    let mut haproxy = proxies::start_haproxy(
-        &tools,
-        dir.path(),
-        &link.client,
-        &link.server,
-        client_side(),
-        server_side(),
-        local(LOCAL_HAPROXY),
-        SocketAddr::from((SERVER_IP, HAPROXY_PORT)),
-        backend,
-        args.threads,
-    )?;
-
-    let cases: [(&'static str, SocketAddr); 4] = [
-        ("plain TCP", backend),
-        ("clustermesh tunnel", local(LOCAL_TUNNEL)),
-        ("stunnel4", local(LOCAL_STUNNEL)),
-        ("HAProxy", local(LOCAL_HAPROXY)),
-    ];
-    let in_client = |f: &mut (dyn FnMut() -> std::io::Result<()> + Send)| {
-        link.client.run(f).map_err(std::io::Error::other)?
-    };
-    proxies::wait_ready("plain TCP", &mut [], || {
-        in_client(&mut || load::probe(backend))
-    })?;
-    proxies::wait_ready("the tunnel", &mut [], || {
-        in_client(&mut || load::probe(local(LOCAL_TUNNEL)))
-    })?;
-    proxies::wait_ready("stunnel4", &mut stunnel, || {
-        in_client(&mut || load::probe(local(LOCAL_STUNNEL)))
-    })?;
-    proxies::wait_ready("HAProxy", &mut haproxy, || {
-        in_client(&mut || load::probe(local(LOCAL_HAPROXY)))
-    })?;
+    if wanted(CaseKind::Stunnel) {
+        let started = proxies::start_stunnel(
+            &tools,
+            dir.path(),
+            &link.client,
+            &link.server,
+            client_side(),
+            server_side(),
+            local(LOCAL_STUNNEL),
+            SocketAddr::from((SERVER_IP, STUNNEL_PORT)),
+            backend,
+        )?;
+        let pids = started.iter().map(proxies::Proxy::pid).collect();
+        proxies_running.extend(started);
+        cases.push((
+            CaseKind::Stunnel,
+            local(LOCAL_STUNNEL),
+            cpu::Meter::Processes(pids),
+        ));
+    }
+    if wanted(CaseKind::Haproxy) {
+        let started = proxies::start_haproxy(
+            &tools,
+            dir.path(),
+            &link.client,
+            &link.server,
+            client_side(),
+            server_side(),
+            local(LOCAL_HAPROXY),
+            SocketAddr::from((SERVER_IP, HAPROXY_PORT)),
+            backend,
+            args.threads,
+        )?;
+        let pids = started.iter().map(proxies::Proxy::pid).collect();
+        proxies_running.extend(started);
+        cases.push((
+            CaseKind::Haproxy,
+            local(LOCAL_HAPROXY),
+            cpu::Meter::Processes(pids),
+        ));
+    }
+    if cases.is_empty() {
+        bail!("no case selected (--cases)");
+    }
+    for &(kind, addr, _) in &cases {
+        proxies::wait_ready(kind.name(), &mut proxies_running, || {
+            in_client(&mut || load::probe(addr))
+        })?;
+    }
 
     let mut measured: Vec<Measured> = cases
         .iter()
-        .map(|(name, _)| Measured {
-            name,
+        .map(|(kind, _, _)| Measured {
+            name: kind.name(),
             ..Default::default()
         })
         .collect();
@@ -334,24 +412,38 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let mb = |bps: f64| bps / 1e6;
     link.client.run(|| -> anyhow::Result<()> {
         eprintln!("warming up every case");
-        for (name, addr) in cases {
+        for &(kind, addr, _) in &cases {
+            let name = kind.name();
             load::throughput(addr, 64 << 20, 1).with_context(|| format!("{name}: warm-up"))?;
             load::pings(addr, 1, 200).with_context(|| format!("{name}: warm-up"))?;
             load::connects(addr, 50).with_context(|| format!("{name}: warm-up"))?;
         }
         for round in 0..args.rounds {
             // Rotate the order so no case always runs first or right after a heavy one.
-            let order: Vec<usize> = (0..cases.len()).map(|i| (i + round) % cases.len()).collect();
+            let order: Vec<usize> = (0..cases.len())
+                .map(|i| (i + round) % cases.len())
+                .collect();
             for &i in &order {
-                let (name, addr) = cases[i];
+                let (kind, addr, ref meter) = cases[i];
+                let name = kind.name();
+                // CPU seconds of the proxy per GB carried.
+                let cpu_per_gb =
+                    |before: Duration| (meter.read() - before).as_secs_f64() / (bytes as f64 / 1e9);
+                let before = meter.read();
                 let single = load::throughput(addr, bytes, 1)
                     .with_context(|| format!("{name}: 1-stream throughput"))?;
+                let single_cpu = cpu_per_gb(before);
+                let before = meter.read();
                 let many = load::throughput(addr, bytes, parallel)
                     .with_context(|| format!("{name}: {parallel}-stream throughput"))?;
+                let many_cpu = cpu_per_gb(before);
                 measured[i].single.push(single);
                 measured[i].parallel.push(many);
+                measured[i].single_cpu.push(single_cpu);
+                measured[i].parallel_cpu.push(many_cpu);
                 eprintln!(
-                    "round {}/{}: {name:<20} 1 stream {:>6.0} MB/s, {parallel} streams {:>6.0} MB/s",
+                    "round {}/{}: {name:<20} 1 stream {:>6.0} MB/s ({single_cpu:.2} CPU s/GB), \
+                     {parallel} streams {:>6.0} MB/s ({many_cpu:.2} CPU s/GB)",
                     round + 1,
                     args.rounds,
                     mb(single),
@@ -359,9 +451,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 );
             }
             for &i in &order {
-                let (name, addr) = cases[i];
-                let pings = load::pings(addr, args.pings, 50)
-                    .with_context(|| format!("{name}: pings"))?;
+                let (kind, addr, _) = cases[i];
+                let name = kind.name();
+                let pings =
+                    load::pings(addr, args.pings, 50).with_context(|| format!("{name}: pings"))?;
                 let connects = load::connects(addr, args.connects)
                     .with_context(|| format!("{name}: new connections"))?;
                 measured[i].existing.extend(pings);
@@ -370,14 +463,34 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         }
         Ok(())
     })??;
-    for proxy in stunnel.iter_mut().chain(haproxy.iter_mut()) {
+    for proxy in &mut proxies_running {
         proxy.check_alive()?;
     }
 
     let summaries: Vec<(&str, report::Summary)> =
         measured.iter().map(|m| (m.name, m.summary())).collect();
-    let targets = report::targets(&summaries[0].1, &summaries[1].1, &summaries[2].1, parallel);
-    report::print(&summaries, &targets, parallel);
+    let summary_of = |kind: CaseKind| {
+        summaries
+            .iter()
+            .find(|(name, _)| *name == kind.name())
+            .map(|(_, s)| *s)
+    };
+    let targets = match (
+        summary_of(CaseKind::Plain),
+        summary_of(CaseKind::Tunnel),
+        summary_of(CaseKind::Stunnel),
+    ) {
+        (Some(plain), Some(tunnel), Some(stunnel)) => {
+            report::targets(&plain, &tunnel, &stunnel, parallel)
+        }
+        _ => Vec::new(),
+    };
+    report::print(
+        &summaries,
+        summary_of(CaseKind::Stunnel),
+        &targets,
+        parallel,
+    );
     let defaults = TunnelConfig::new(TRUST_DOMAIN, "east", "a", a_creds.clone());
     let context = json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -391,7 +504,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         "pings_per_round": args.pings,
         "ping_bytes": load::PING,
         "connects_per_round": args.connects,
+        "cases": args.cases.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "tunnel_threads_per_node": args.threads,
+        "relay_threads_per_side": args.threads,
         "haproxy_nbthread": args.threads,
         "tunnel_stream_window": defaults.stream_window,
         "tunnel_connection_window": defaults.connection_window,
@@ -409,11 +524,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .with_context(|| format!("write {}", args.output.display()))?;
     println!("\nwrote {}", args.output.display());
 
-    a.stop();
-    b.stop();
-    drop(stunnel);
-    drop(haproxy);
+    for node in tunnel_nodes {
+        node.stop();
+    }
+    drop(proxies_running);
+    drop(runtimes);
     drop(backend_rt);
     drop(link);
-    Ok(targets.iter().all(|t| t.met))
+    Ok(!targets.is_empty() && targets.iter().all(|t| t.met))
 }

@@ -11,6 +11,9 @@ pub struct Measured {
     /// Bytes per second, one value per round.
     pub single: Vec<f64>,
     pub parallel: Vec<f64>,
+    /// CPU seconds of the proxy (both sides) per GB carried, one value per round.
+    pub single_cpu: Vec<f64>,
+    pub parallel_cpu: Vec<f64>,
     /// Round trips on an established connection, all rounds pooled.
     pub existing: Vec<Duration>,
     /// Connect + one round trip, all rounds pooled.
@@ -22,6 +25,8 @@ pub struct Measured {
 pub struct Summary {
     pub single_mbps: f64,
     pub parallel_mbps: f64,
+    pub single_cpu_s_per_gb: f64,
+    pub parallel_cpu_s_per_gb: f64,
     pub existing: Latency,
     pub new: Latency,
 }
@@ -39,6 +44,8 @@ impl Measured {
         Summary {
             single_mbps: median_f64(&self.single) / 1e6,
             parallel_mbps: median_f64(&self.parallel) / 1e6,
+            single_cpu_s_per_gb: median_f64(&self.single_cpu),
+            parallel_cpu_s_per_gb: median_f64(&self.parallel_cpu),
             existing: latency(&self.existing),
             new: latency(&self.new),
         }
@@ -137,13 +144,20 @@ pub fn targets(
     out
 }
 
-pub fn print(cases: &[(&str, Summary)], targets: &[Target], parallel: usize) {
+/// `cases[0]` is the baseline for the "vs TCP" ratios (plain TCP when it runs).
+pub fn print(
+    cases: &[(&str, Summary)],
+    stunnel: Option<Summary>,
+    targets: &[Target],
+    parallel: usize,
+) {
     let plain = cases[0].1;
-    let stunnel = cases
-        .iter()
-        .find(|(name, _)| *name == "stunnel4")
-        .map(|(_, s)| *s)
-        .expect("stunnel4 is measured");
+    // Without stunnel the "vs stunnel" columns show NaN.
+    let stunnel = stunnel.unwrap_or(Summary {
+        single_mbps: f64::NAN,
+        parallel_mbps: f64::NAN,
+        ..plain
+    });
     println!();
     println!(
         "{:<20} {:>12} {:>12}   {:>17} {:>17}",
@@ -172,6 +186,20 @@ pub fn print(cases: &[(&str, Summary)], targets: &[Target], parallel: usize) {
         );
     }
     println!();
+    println!("CPU seconds of the proxy (both sides) per GB carried");
+    println!(
+        "{:<20} {:>12} {:>12}",
+        "case",
+        "1 stream",
+        format!("{parallel} streams")
+    );
+    for (name, s) in cases {
+        println!(
+            "{:<20} {:>12.2} {:>12.2}",
+            name, s.single_cpu_s_per_gb, s.parallel_cpu_s_per_gb
+        );
+    }
+    println!();
     println!("ratios (throughput: this case / baseline; latency: this case minus plain TCP, ms)");
     println!(
         "{:<20} {:>9} {:>9} {:>9} {:>9}   {:>15} {:>15}",
@@ -190,6 +218,10 @@ pub fn print(cases: &[(&str, Summary)], targets: &[Target], parallel: usize) {
         );
     }
     println!();
+    if targets.is_empty() {
+        println!("targets not judged: they need the plain, tunnel and stunnel cases");
+        return;
+    }
     println!("targets (clustermesh tunnel):");
     for t in targets {
         println!(
@@ -211,6 +243,8 @@ pub fn json(cases: &[(&str, Summary)], targets: &[Target], context: Value) -> Va
             "name": name,
             "throughput_1_stream_mb_per_s": s.single_mbps,
             "throughput_parallel_mb_per_s": s.parallel_mbps,
+            "proxy_cpu_s_per_gb_1_stream": s.single_cpu_s_per_gb,
+            "proxy_cpu_s_per_gb_parallel": s.parallel_cpu_s_per_gb,
             "rtt_existing_connection": latency(&s.existing),
             "rtt_new_connection": latency(&s.new),
         })).collect::<Vec<_>>(),
