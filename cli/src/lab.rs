@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use clustermesh_lab::echo::EchoServerArgs;
-use clustermesh_lab::lab::{LabStatus, SuperviseArgs, default_state_dir};
+use clustermesh_lab::lab::{Annotations, LabStatus, SuperviseArgs, default_state_dir};
 use clustermesh_lab::state::{Affinity, ComponentBinaries, Helper};
 use clustermesh_lab::topology::{ClusterSpec, Topology};
 use clustermesh_lab::{DeploySpec, Lab, LabConfig, host};
@@ -61,7 +61,12 @@ pub enum LabCommand {
     /// directory. Waits until every pod answers.
     Deploy(DeployArgs),
     /// Change the number of replicas of a deployment.
+    ///
+    /// Scaling down withdraws the leaving pods' endpoints first and stops them a grace period
+    /// later, as Kubernetes does with terminating pods.
     Scale(ScaleArgs),
+    /// Change a deployed Service's clustermesh.io/global|shared|affinity annotations.
+    Annotate(AnnotateArgs),
     /// Run a command in a pod (new or existing) or on a node.
     ///
     /// Default: a new pod `client-<n>` on the least loaded node (kept until `down`, or removed
@@ -213,6 +218,28 @@ pub struct ScaleArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AnnotateArgs {
+    #[command(flatten)]
+    lab: LabSelector,
+    #[arg(long)]
+    cluster: String,
+    /// Deployment name (as given to `deploy --app`).
+    #[arg(long = "app", default_value = "echo")]
+    app: String,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// New clustermesh.io/global.
+    #[arg(long, action = clap::ArgAction::Set)]
+    global: Option<bool>,
+    /// New clustermesh.io/shared.
+    #[arg(long, action = clap::ArgAction::Set)]
+    shared: Option<bool>,
+    /// New clustermesh.io/affinity.
+    #[arg(long, value_enum)]
+    affinity: Option<Affinity>,
+}
+
+#[derive(Debug, Args)]
 pub struct ExecArgs {
     #[command(flatten)]
     lab: LabSelector,
@@ -273,6 +300,27 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         LabCommand::Status(args) => status(&args),
         LabCommand::Deploy(args) => deploy(args),
         LabCommand::Scale(args) => scale(&args),
+        LabCommand::Annotate(args) => {
+            if args.global.is_none() && args.shared.is_none() && args.affinity.is_none() {
+                bail!("nothing to change: give --global, --shared and/or --affinity");
+            }
+            let mut lab = args.lab.open()?;
+            lab.annotate(
+                &args.cluster,
+                &args.namespace,
+                &args.app,
+                Annotations {
+                    global: args.global,
+                    shared: args.shared,
+                    affinity: args.affinity,
+                },
+            )?;
+            println!(
+                "{}/{}/{}: annotations updated; the apiserver publishes the change",
+                args.cluster, args.namespace, args.app
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Exec(args) => exec(&args),
         LabCommand::Kill(args) => process_action(&args, Action::Kill),
         LabCommand::Stop(args) => stop_start(args, Action::Stop),

@@ -168,6 +168,14 @@ impl DeploySpec {
     }
 }
 
+/// Annotation changes for [`Lab::annotate`]; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Annotations {
+    pub global: Option<bool>,
+    pub shared: Option<bool>,
+    pub affinity: Option<Affinity>,
+}
+
 /// A lab that exists (its state directory has been read).
 #[derive(Debug)]
 pub struct Lab {
@@ -803,6 +811,42 @@ impl Lab {
         Ok(pods)
     }
 
+    /// Changes a deployed Service's clustermesh annotations (those given) and rewrites its
+    /// manifest; the apiserver publishes the change.
+    pub fn annotate(
+        &mut self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        change: Annotations,
+    ) -> Result<(), LabError> {
+        self.change(|lab| {
+            lab.cluster(cluster)?;
+            let svc = lab
+                .state
+                .services
+                .iter_mut()
+                .find(|s| s.cluster == cluster && s.namespace == namespace && s.name == name)
+                .ok_or_else(|| LabError::UnknownDeployment {
+                    cluster: cluster.to_owned(),
+                    name: format!("{namespace}/{name}"),
+                })?;
+            if let Some(global) = change.global {
+                svc.global = global;
+            }
+            if let Some(shared) = change.shared {
+                svc.shared = shared;
+            }
+            if let Some(affinity) = change.affinity {
+                svc.affinity = affinity;
+            }
+            let svc = svc.clone();
+            let pods = lab.deployment_pods(cluster, namespace, name);
+            ManifestDir::new(lab.state.manifests_dir(cluster)).write_service(&svc, &pods)?;
+            Ok(())
+        })
+    }
+
     /// Adds or removes echo pods until the deployment has `replicas`, and rewrites its
     /// Service and EndpointSlice. Returns the pods it added.
     fn resize(
@@ -817,6 +861,27 @@ impl Lab {
             .service(cluster, namespace, name)
             .map(|s| s.port)
             .unwrap_or(echo::DEFAULT_PORT);
+        // Scaling down withdraws the endpoints first and stops the pods a grace period later,
+        // as Kubernetes does for terminating pods: clients move to other backends without a
+        // refused connection.
+        let current: Vec<PodRecord> = self
+            .deployment_pods(cluster, namespace, name)
+            .into_iter()
+            .cloned()
+            .collect();
+        if current.len() as u32 > replicas {
+            let (kept, leaving) = current.split_at(replicas as usize);
+            if let Some(svc) = self.state.service(cluster, namespace, name) {
+                let kept: Vec<&PodRecord> = kept.iter().collect();
+                ManifestDir::new(self.state.manifests_dir(cluster)).write_service(svc, &kept)?;
+            }
+            tracing::info!(
+                "endpoints of {} pod(s) withdrawn; stopping them in {:?}",
+                leaving.len(),
+                TERMINATION_GRACE
+            );
+            std::thread::sleep(TERMINATION_GRACE);
+        }
         let mut added = Vec::new();
         loop {
             let current: Vec<PodRecord> = self
@@ -1356,6 +1421,9 @@ pub fn list_labs() -> Vec<String> {
     names.dedup();
     names
 }
+
+/// How long a pod removed by `scale` keeps running after its endpoint was withdrawn.
+pub const TERMINATION_GRACE: Duration = Duration::from_secs(2);
 
 /// A lab that is taken down when dropped (also when a test panics): for tests that stand on
 /// the lab. Derefs to [`Lab`].

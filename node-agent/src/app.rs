@@ -125,15 +125,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("attaching sk_lookup in {}", config.netns.display()))?;
     ensure_mesh_routes(&config.netns, &config.datapath.mesh_vip_ranges)
         .context("routing the mesh VIP ranges")?;
-    // The outbound listener is registered with sk_lookup before the datapath moves into the
-    // programmer; the tunnel serves it below.
+    // The tunnel serves the outbound listener; sk_lookup is handed a second descriptor of
+    // it after the first programming pass, once the tunnel knows every mesh VIP (an agent
+    // restarting under traffic must not close connections as "unknown VIP").
     let outbound = match &config.tunnel {
         Some(settings) => {
             let listener = outbound_listener(settings.outbound)?;
-            datapath
-                .set_tunnel_listener(AddressFamily::Ipv4, &listener)
-                .context("handing the tunnel listener to the sk_lookup program")?;
-            Some(listener)
+            let for_sk_lookup = listener
+                .try_clone()
+                .context("duplicating the tunnel listener")?;
+            Some((listener, for_sk_lookup))
         }
         None => {
             warn!("the tunnel is disabled (--disable-tunnel): remote backends are not used");
@@ -169,6 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut registry = Registry::with_prefix("clustermesh_agent");
     let metrics = Metrics::new(&mut registry);
     let (shared_backends_tx, shared_backends) = watch::channel(HashSet::new());
+    let (outbound, pending_listener) = outbound.unzip();
     let tunnel = match (&config.tunnel, outbound) {
         (Some(settings), Some(outbound)) => Some(
             AgentTunnel::start(
@@ -209,6 +211,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         status: status_tx,
         metrics,
         shared_backends: shared_backends_tx,
+        pending_listener,
         liveness: liveness.subscribe(),
         _watches: watches,
     }));
@@ -233,6 +236,8 @@ struct ControlLoop {
     metrics: Metrics,
     /// What the tunnel's receiving side may dial.
     shared_backends: watch::Sender<HashSet<SocketAddr>>,
+    /// The tunnel's outbound listener, until it is handed to sk_lookup after the first pass.
+    pending_listener: Option<std::net::TcpListener>,
     liveness: watch::Receiver<bool>,
     _watches: inputs::Watches,
 }
@@ -306,8 +311,8 @@ async fn control_loop(mut cl: ControlLoop) {
             });
             continue;
         }
-        dirty = false;
-        pass(&mut cl, &mut rejected_seen);
+        // A pass with errors stays dirty: the next tick retries it.
+        dirty = !pass(&mut cl, &mut rejected_seen);
     }
 }
 
@@ -342,7 +347,11 @@ fn peers(inputs: &Inputs) -> std::collections::BTreeMap<String, inputs::PeerSumm
         .collect()
 }
 
-fn pass(cl: &mut ControlLoop, rejected_seen: &mut std::collections::BTreeMap<&'static str, u64>) {
+/// One programming pass; returns whether it went without errors.
+fn pass(
+    cl: &mut ControlLoop,
+    rejected_seen: &mut std::collections::BTreeMap<&'static str, u64>,
+) -> bool {
     let mut input = cl.inputs.merge_input();
     if cl.config.tunnel.is_none() {
         // Without the tunnel a remote backend cannot be reached: use local ones only.
@@ -359,6 +368,22 @@ fn pass(cl: &mut ControlLoop, rejected_seen: &mut std::collections::BTreeMap<&'s
     let report = cl.programmer.apply(&desired, |cluster, node| {
         inputs.tunnel_address(cluster, node)
     });
+    let mut report = report;
+    if let Some(listener) = cl.pending_listener.take() {
+        match cl
+            .programmer
+            .table_mut()
+            .set_tunnel_listener(AddressFamily::Ipv4, &listener)
+        {
+            Ok(()) => info!("mesh VIP connections now go to the tunnel"),
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("handing the tunnel listener to sk_lookup: {e}"));
+                cl.pending_listener = Some(listener);
+            }
+        }
+    }
     if !report.errors.is_empty() {
         warn!(errors = ?report.errors, "programming pass had errors; the next pass retries");
     }
@@ -420,6 +445,7 @@ fn pass(cl: &mut ControlLoop, rejected_seen: &mut std::collections::BTreeMap<&'s
         .collect();
     let liveness = *cl.liveness.borrow();
     let last_error = report.errors.first().cloned();
+    let clean = report.errors.is_empty();
     cl.status.send_modify(|s| {
         s.ready = true;
         s.waiting_for = None;
@@ -442,4 +468,5 @@ fn pass(cl: &mut ControlLoop, rejected_seen: &mut std::collections::BTreeMap<&'s
             s.last_error = Some(rejection.clone());
         }
     });
+    clean
 }

@@ -445,6 +445,7 @@ impl Inputs {
                     synced,
                     current: p.services.clone(),
                     last_synced: p.last_synced.clone(),
+                    live_nodes: p.agents.keys().cloned().collect(),
                 }
             })
             .collect();

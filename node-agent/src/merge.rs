@@ -14,7 +14,7 @@
 //! - a service with no local Service gets the clusterset VIP the local apiserver allocated, if
 //!   any (without one there is nothing a client could dial, so it is not programmed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -63,6 +63,9 @@ pub struct PeerInput {
     /// What the mirror held the last time it was synced; `None` if it never was. Used while
     /// `synced` is false, so a refilling mirror neither adds nor removes backends.
     pub last_synced: Option<Arc<ServiceMap>>,
+    /// The peer's nodes whose agent is alive (its liveness record is in the mirror). Only
+    /// their backends can be reached through the tunnel; a dead node's are left out.
+    pub live_nodes: BTreeSet<String>,
 }
 
 impl PeerInput {
@@ -136,7 +139,7 @@ fn datapath_protocol(p: ModelProtocol) -> Option<Protocol> {
 /// Computes the desired frontends from the inputs.
 pub fn merge(input: &MergeInput) -> Desired {
     // Every service name that some cluster publishes, with the peers that share it.
-    let mut remote: BTreeMap<&ServiceName, Vec<(&ClusterName, &GlobalService)>> = BTreeMap::new();
+    let mut remote: BTreeMap<&ServiceName, Vec<(&PeerInput, &GlobalService)>> = BTreeMap::new();
     for peer in &input.peers {
         let Some(services) = peer.effective() else {
             continue;
@@ -148,7 +151,7 @@ pub fn merge(input: &MergeInput) -> Desired {
                 remote
                     .entry(name)
                     .or_default()
-                    .push((&peer.name, service.as_ref()));
+                    .push((peer, service.as_ref()));
             }
         }
     }
@@ -173,7 +176,7 @@ pub fn merge(input: &MergeInput) -> Desired {
 fn merge_service(
     name: &ServiceName,
     local: Option<&GlobalService>,
-    peers: &[(&ClusterName, &GlobalService)],
+    peers: &[(&PeerInput, &GlobalService)],
     clusterset_vip: Option<&IpAddr>,
     desired: &mut Desired,
 ) {
@@ -204,10 +207,18 @@ fn merge_service(
         .flat_map(|s| s.backends.iter())
         .filter(|b| b.ready)
         .collect();
+    // A remote backend is usable when it is ready and its node's agent is alive to take the
+    // tunnel stream.
     let remote_ready: Vec<_> = peers
         .iter()
-        .flat_map(|(cluster, s)| s.backends.iter().map(move |b| (*cluster, b)))
-        .filter(|(_, b)| b.ready)
+        .flat_map(|(peer, s)| s.backends.iter().map(move |b| (*peer, b)))
+        .filter(|(peer, b)| {
+            b.ready
+                && b.node
+                    .as_ref()
+                    .is_some_and(|node| peer.live_nodes.contains(node))
+        })
+        .map(|(peer, b)| (&peer.name, b))
         .collect();
 
     for (ip, ports) in frontend_ips {
@@ -237,7 +248,12 @@ fn merge_service(
                     })
                 })
                 .collect();
-            let remotes: Vec<MergedBackend> = remote_ready
+            // The tunnel carries TCP streams only: a UDP frontend is served by local backends.
+            let reachable_remotes = match protocol {
+                Protocol::Tcp => remote_ready.as_slice(),
+                Protocol::Udp => &[],
+            };
+            let remotes: Vec<MergedBackend> = reachable_remotes
                 .iter()
                 .filter_map(|(cluster, b)| {
                     Some(MergedBackend {
@@ -359,6 +375,7 @@ mod tests {
             synced: true,
             last_synced: Some(current.clone()),
             current,
+            live_nodes: BTreeSet::from(["node-1".to_owned()]),
         }
     }
 
@@ -427,6 +444,93 @@ mod tests {
         assert_eq!(
             desired[&frontend(VIP)].backends[1].node.as_deref(),
             Some("node-1")
+        );
+    }
+
+    #[test]
+    fn backends_on_a_peer_node_without_a_live_agent_are_left_out() {
+        let mut peer_service = service(
+            "east",
+            "10.97.0.9",
+            &[("10.2.0.1", true), ("10.2.0.2", true)],
+        );
+        peer_service.backends[1].node = Some("node-2".into());
+        let mut east = peer("east", vec![peer_service]);
+        let input = |east: &PeerInput| MergeInput {
+            local: map(vec![service("west", "10.96.0.10", &[("10.1.0.1", true)])]),
+            peers: vec![east.clone()],
+            ..Default::default()
+        };
+        // node-2 has no agent record: nothing could take the tunnel stream there.
+        assert_eq!(
+            active(&merge(&input(&east)), VIP),
+            ["local/10.1.0.1:8080", "east/10.2.0.1:8080"]
+        );
+        east.live_nodes.insert("node-2".into());
+        assert_eq!(
+            active(&merge(&input(&east)), VIP),
+            [
+                "local/10.1.0.1:8080",
+                "east/10.2.0.1:8080",
+                "east/10.2.0.2:8080"
+            ]
+        );
+        // Every peer node dead: with affinity remote, local backends take over.
+        east.live_nodes.clear();
+        let mut local = service("west", "10.96.0.10", &[("10.1.0.1", true)]);
+        local.affinity = Affinity::Remote;
+        let desired = merge(&MergeInput {
+            local: map(vec![local]),
+            peers: vec![east],
+            ..Default::default()
+        });
+        assert_eq!(active(&desired, VIP), ["local/10.1.0.1:8080"]);
+    }
+
+    #[test]
+    fn udp_frontends_use_local_backends_only() {
+        let with_udp = |mut s: GlobalService| {
+            let udp = |port| L4Port {
+                protocol: ModelProtocol::Udp,
+                port,
+            };
+            s.frontends[0].ports.insert("dns".into(), udp(53));
+            for b in &mut s.backends {
+                b.ports.insert("dns".into(), udp(5353));
+            }
+            s
+        };
+        let input = MergeInput {
+            local: map(vec![with_udp(service(
+                "west",
+                "10.96.0.10",
+                &[("10.1.0.1", true)],
+            ))]),
+            peers: vec![peer(
+                "east",
+                vec![with_udp(service(
+                    "east",
+                    "10.97.0.9",
+                    &[("10.2.0.1", true)],
+                ))],
+            )],
+            ..Default::default()
+        };
+        let desired = merge(&input);
+        let udp = Frontend {
+            addr: "10.96.0.10:53".parse().unwrap(),
+            protocol: Protocol::Udp,
+        };
+        let udp_backends: Vec<String> = desired[&udp]
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        assert_eq!(udp_backends, ["10.1.0.1:5353"], "the tunnel carries no UDP");
+        assert_eq!(
+            active(&desired, VIP),
+            ["local/10.1.0.1:8080", "east/10.2.0.1:8080"],
+            "TCP still merges both"
         );
     }
 

@@ -114,6 +114,11 @@ impl<T: ServiceTable> Programmer<T> {
         &self.current
     }
 
+    /// The datapath itself, for what is not a service (the tunnel listener).
+    pub fn table_mut(&mut self) -> &mut T {
+        &mut self.table
+    }
+
     pub fn table(&self) -> &T {
         &self.table
     }
