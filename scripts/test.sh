@@ -13,6 +13,9 @@ fi
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "==> terraform fmt -check"
+"${TERRAFORM_VENV:-$HOME/.cache/clustermesh/terraform}/bin/terraform" fmt -check -recursive -diff terraform/
+
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
