@@ -66,9 +66,11 @@ struct Args {
     /// New connections, per case and round.
     #[arg(long, default_value_t = 300)]
     connects: usize,
-    /// Runtime worker threads of each tunnel node, and `nbthread` of each HAProxy.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    /// Runtime worker threads of each tunnel node and of each relay, and `nbthread` of each
+    /// HAProxy (stunnel has a thread per connection). Default: half the CPUs, at least one:
+    /// the two simulated nodes share this machine, so each gets half of it.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Where the result JSON goes.
     #[arg(long, default_value = "bench-results/tunnel.json")]
     output: PathBuf,
@@ -225,6 +227,26 @@ impl TunnelNode {
 }
 
 fn run(args: &Args) -> anyhow::Result<bool> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or((cpus / 2).max(1));
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let load_at_start = loadavg();
+    if let Some(load) = load_at_start
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok())
+        && load > cpus as f64 / 2.0
+    {
+        eprintln!(
+            "warning: load average {load} on {cpus} CPUs before the start: other work shares \
+             this machine and the numbers will be noisy (the CPU seconds per GB less so)"
+        );
+    }
     if let Some(reason) = netns::unavailable() {
         bail!("tunnel-bench {reason}");
     }
@@ -280,7 +302,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             (&link.server, "relay-b", server_relay, backend),
             (&link.client, "relay-a", local(LOCAL_RELAY), server_relay),
         ] {
-            let runtime = netns.runtime(name, args.threads)?;
+            let runtime = netns.runtime(name, threads)?;
             NetNs::block_on(&runtime, async move {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 tokio::spawn(load::serve_relay(listener, to));
@@ -300,7 +322,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         let server_tunnel = SocketAddr::from((SERVER_IP, TUNNEL_PORT));
         let a = TunnelNode::start(
             &link.client,
-            args.threads,
+            threads,
             &east,
             "a",
             SocketAddr::from((netns::CLIENT_IP, TUNNEL_PORT)),
@@ -308,7 +330,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         )?;
         let b = TunnelNode::start(
             &link.server,
-            args.threads,
+            threads,
             &west,
             "b",
             server_tunnel,
@@ -381,7 +403,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             local(LOCAL_HAPROXY),
             SocketAddr::from((SERVER_IP, HAPROXY_PORT)),
             backend,
-            args.threads,
+            threads,
         )?;
         let pids = started.iter().map(proxies::Proxy::pid).collect();
         proxies_running.extend(started);
@@ -485,6 +507,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         }
         _ => Vec::new(),
     };
+    println!(
+        "\n{cpus} CPUs; {threads} thread(s) per tunnel node, relay side and HAProxy; \
+         {} MiB per throughput measurement, {} rounds; load average {} -> {}",
+        args.mib,
+        args.rounds,
+        load_at_start.split_whitespace().next().unwrap_or("?"),
+        loadavg().split_whitespace().next().unwrap_or("?"),
+    );
     report::print(
         &summaries,
         summary_of(CaseKind::Stunnel),
@@ -493,9 +523,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     );
     let defaults = TunnelConfig::new(TRUST_DOMAIN, "east", "a", a_creds.clone());
     let context = json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpus": cpus,
+        "loadavg_at_start": load_at_start,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "loadavg_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "loadavg_at_end": loadavg(),
         "topology": "client netns 10.250.0.1 <-veth-> server netns 10.250.0.2; all cases share one backend in the server netns",
         "tls": "mutual TLS 1.3 everywhere, ECDSA P-256 certificates from per-cluster CAs",
         "mib_per_throughput_measurement": args.mib,
@@ -505,9 +536,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         "ping_bytes": load::PING,
         "connects_per_round": args.connects,
         "cases": args.cases.iter().map(|k| k.name()).collect::<Vec<_>>(),
-        "tunnel_threads_per_node": args.threads,
-        "relay_threads_per_side": args.threads,
-        "haproxy_nbthread": args.threads,
+        "tunnel_threads_per_node": threads,
+        "relay_threads_per_side": threads,
+        "haproxy_nbthread": threads,
         "tunnel_stream_window": defaults.stream_window,
         "tunnel_connection_window": defaults.connection_window,
         "stunnel": stunnel_version,
