@@ -4,3 +4,8 @@
 pub mod apiserver {
     tonic::include_proto!("clustermesh.apiserver.v1");
 }
+
+/// The node agent's status API (`proto/agent.proto`).
+pub mod agent {
+    tonic::include_proto!("clustermesh.agent.v1");
+}

@@ -561,6 +561,13 @@ impl Lab {
             pki.node_key(&node.name).display().to_string(),
         );
         put("CLUSTERMESH_TUNNEL_CA", pki.ca().display().to_string());
+        // Every lab node shares the host's filesystem: one gRPC socket per node.
+        put(
+            "CLUSTERMESH_GRPC_SOCKET",
+            agent_socket(&s.state_dir, &cluster.name, &node.name)
+                .display()
+                .to_string(),
+        );
         if let Some(bpffs) = &s.bpffs_dir {
             put(
                 "CLUSTERMESH_BPFFS_DIR",
@@ -1420,6 +1427,16 @@ pub fn list_labs() -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// The agent's gRPC status socket of a lab node: `<state>/clusters/<c>/nodes/<n>/agent.sock`.
+pub fn agent_socket(state_dir: &Path, cluster: &str, node: &str) -> PathBuf {
+    state_dir
+        .join("clusters")
+        .join(cluster)
+        .join("nodes")
+        .join(node)
+        .join("agent.sock")
 }
 
 /// How long a pod removed by `scale` keeps running after its endpoint was withdrawn.

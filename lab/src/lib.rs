@@ -46,6 +46,7 @@
 //! | `CLUSTERMESH_BPFFS_DIR` | `/sys/fs/bpf/clustermesh-lab/<lab>/<cluster>/<node>` for pins (not created) |
 //! | `CLUSTERMESH_PEERS_DIR` | the cluster's peers directory ([`mesh`]: one file per connected cluster) |
 //! | `CLUSTERMESH_TUNNEL_CERT`, `_KEY`, `_CA`, `CLUSTERMESH_TRUST_DOMAIN` | the node's tunnel certificate from the cluster CA ([`mesh`]) |
+//! | `CLUSTERMESH_GRPC_SOCKET` | the agent's gRPC status socket, `<state>/clusters/<c>/nodes/<n>/agent.sock` |
 
 pub mod cgroup;
 pub mod echo;

@@ -25,7 +25,8 @@ use crate::metrics::{ClusterLabels, Metrics, ReasonLabels};
 use crate::program::Programmer;
 use crate::routes::ensure_mesh_routes;
 use crate::status::{self, BackendStatus, FrontendStatus, Status};
-use crate::tunnel::{AgentTunnel, TunnelStart};
+use crate::status_grpc::{self, GrpcListen, NodeName};
+use crate::tunnel::{AgentTunnel, StreamCount, TunnelStart};
 
 /// A running agent. Dropping it stops the control loop; the datapath stays pinned and keeps
 /// serving with what was programmed last.
@@ -200,6 +201,41 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry,
     )
     .await?;
+
+    let stream_count = tunnel
+        .as_ref()
+        .map_or_else(StreamCount::none, AgentTunnel::stream_count);
+    let (streams_tx, streams_rx) = watch::channel(0);
+    let mut http = http;
+    http.push(tokio::spawn(async move {
+        // Sampled: the count lives in the tunnel's metrics; once a second is enough for status.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            streams_tx.send_if_modified(|n| {
+                let now = stream_count.get();
+                let changed = *n != now;
+                *n = now;
+                changed
+            });
+        }
+    }));
+    http.extend(
+        status_grpc::serve(
+            &GrpcListen {
+                socket: config.grpc_socket.clone(),
+                tcp: config.grpc_addr,
+            },
+            NodeName {
+                cluster: config.cluster_name.clone(),
+                cluster_id: config.cluster_id,
+                node: config.node_name.clone(),
+            },
+            status_rx.clone(),
+            streams_rx,
+        )
+        .await?,
+    );
 
     let (watches, events) = inputs::watch(&client, &config.schema, &config.cluster.name);
     let inputs = Inputs::new(config.schema.clone(), config.cluster.clone());

@@ -154,6 +154,16 @@ pub struct Args {
     /// The same endpoints on a unix socket (for `clustermesh status` on the node).
     #[arg(long, env = "CLUSTERMESH_STATUS_SOCKET")]
     pub status_socket: Option<PathBuf>,
+    /// The gRPC status API (`api/proto/agent.proto`) on a unix socket; `none` to turn it off.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_GRPC_SOCKET",
+        default_value = "/run/clustermesh/agent.sock"
+    )]
+    pub grpc_socket: PathBuf,
+    /// The gRPC status API on TCP as well (off by default: it needs no network exposure).
+    #[arg(long, env = "CLUSTERMESH_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +224,8 @@ pub struct Config {
     pub coalesce: Duration,
     pub status_addr: SocketAddr,
     pub status_socket: Option<PathBuf>,
+    pub grpc_socket: Option<PathBuf>,
+    pub grpc_addr: Option<SocketAddr>,
 }
 
 /// The tunnel's part of the configuration.
@@ -329,6 +341,8 @@ impl Config {
             coalesce: args.coalesce,
             status_addr: args.status_addr,
             status_socket: args.status_socket,
+            grpc_socket: (args.grpc_socket.as_os_str() != "none").then_some(args.grpc_socket),
+            grpc_addr: args.grpc_addr,
         })
     }
 }

@@ -10,7 +10,9 @@
 //! - `program`: diffing desired against programmed and writing the difference;
 //! - `routes`: the local routes of the mesh VIP ranges;
 //! - `liveness`: the node's agent record under the agent's lease;
-//! - `metrics`, `status`: Prometheus metrics and the JSON status endpoints;
+//! - `metrics`, `status`, `status_grpc`: Prometheus metrics, the JSON status endpoints and the
+//!   gRPC status API;
+//! - `tunnel`: the agent's side of the encrypted node-to-node tunnel;
 //! - `app`: the wiring.
 
 pub mod app;
@@ -23,4 +25,5 @@ pub mod metrics;
 pub mod program;
 pub mod routes;
 pub mod status;
+pub mod status_grpc;
 pub mod tunnel;

@@ -2,8 +2,7 @@
 //! `/status` (JSON: peers, services with their backends, last programming pass, errors),
 //! `/metrics` (Prometheus), `/healthz` and `/readyz`.
 //!
-//! The issue asks for a gRPC status API; JSON over HTTP was chosen to fit the time, with the
-//! same content. A gRPC service can wrap [`Status`] later without changing the agent.
+//! The gRPC status API ([`crate::status_grpc`]) serves the same content.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

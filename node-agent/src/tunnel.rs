@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clustermesh_model::MaxConnectedClusters;
+use clustermesh_tunnel::metrics::{DirectionLabels, Side};
 use clustermesh_tunnel::{
     AllowAll, AuthorizationView, CredentialPaths, Metrics, RemoteTarget, RoutingTable, TrustBundle,
     Tunnel, TunnelConfig, TunnelInputs,
@@ -47,7 +48,34 @@ pub enum AgentTunnelError {
 /// The running tunnel and the tasks that feed it.
 pub struct AgentTunnel {
     tunnel: Tunnel,
+    metrics: Arc<Metrics>,
     feeders: Vec<JoinHandle<()>>,
+}
+
+/// Open tunnel streams, both directions, from the tunnel's metrics (cheap to clone and read
+/// from anywhere, e.g. the status API).
+#[derive(Clone)]
+pub struct StreamCount(Option<Arc<Metrics>>);
+
+impl StreamCount {
+    /// For an agent without a tunnel: always 0.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn get(&self) -> usize {
+        let Some(metrics) = &self.0 else { return 0 };
+        [Side::Inbound, Side::Outbound]
+            .into_iter()
+            .map(|direction| {
+                metrics
+                    .streams_active
+                    .get_or_create(&DirectionLabels { direction })
+                    .get()
+            })
+            .sum::<i64>()
+            .max(0) as usize
+    }
 }
 
 /// What the tunnel is started with, besides the listeners.
@@ -120,7 +148,7 @@ impl AgentTunnel {
                 authz,
                 policy: Arc::new(AllowAll),
             },
-            metrics,
+            metrics.clone(),
             inbound,
             outbound,
         )?;
@@ -140,12 +168,20 @@ impl AgentTunnel {
                 authz_tx,
             )),
         ];
-        Ok(Self { tunnel, feeders })
+        Ok(Self {
+            tunnel,
+            metrics,
+            feeders,
+        })
     }
 
     /// Open tunnel streams, both directions.
     pub fn active_streams(&self) -> usize {
         self.tunnel.active_streams()
+    }
+
+    pub fn stream_count(&self) -> StreamCount {
+        StreamCount(Some(self.metrics.clone()))
     }
 
     /// Drains open streams for up to [`DRAIN_DEADLINE`], then stops.
