@@ -19,5 +19,10 @@ echo "==> terraform fmt -check"
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The end-to-end tests run the daemons' binaries (target/debug/clustermesh-agent, …), which
+# `cargo test` alone does not build for packages without integration tests.
+echo "==> cargo build"
+cargo build --workspace --locked
+
 echo "==> cargo test"
 cargo test --workspace --locked
