@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::clusterset_vips::{ClustersetVips, VipSettings, VipStatus};
 use crate::config::{Config, SourceKind};
 use crate::mirror::{Mirror, MirrorSettings, MirrorStatus};
 use crate::publish::{PublishCounts, Publisher};
@@ -40,6 +41,7 @@ pub struct Running {
     health_addr: std::net::SocketAddr,
     status_api: JoinHandle<()>,
     status_addr: std::net::SocketAddr,
+    clusterset_vips: ClustersetVips,
     // Kept alive for as long as the apiserver runs.
     _session: Arc<Session>,
     _heartbeat: HeartbeatWriter,
@@ -67,6 +69,11 @@ impl Running {
     /// Per connected (or refused) peer: connected, synced, counts, last error.
     pub fn peers(&self) -> MirrorStatus {
         self.mirror.as_ref().map(Mirror::status).unwrap_or_default()
+    }
+
+    /// The clusterset VIPs of remote-only global services.
+    pub fn clusterset_vips(&self) -> VipStatus {
+        self.clusterset_vips.status()
     }
 
     /// Waits until the first full view is published.
@@ -192,6 +199,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Mirror::start(settings, client.clone(), session.clone())
     });
 
+    let clusterset_vips = ClustersetVips::start(
+        client.clone(),
+        schema.clone(),
+        cluster.clone(),
+        VipSettings {
+            ranges: config.clusterset_vip_range.clone(),
+            grace: config.clusterset_vip_grace,
+        },
+    )
+    .await
+    .context("starting the clusterset VIP allocator")?;
+
     let (status_tx, status) = watch::channel(Status::default());
     // Passes also run without changes, so unused identities are released on time.
     let resync = (config.identity_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
@@ -220,6 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         health_addr,
         status_api,
         status_addr,
+        clusterset_vips,
         _session: session,
         _heartbeat: heartbeat,
     })

@@ -114,6 +114,20 @@ pub struct Args {
     /// peers can check they trust the right CA.
     #[arg(long)]
     pub cluster_ca: Option<PathBuf>,
+    /// Where clusterset VIPs of remote-only global services come from: one IPv4 range and
+    /// optionally one IPv6 range, comma separated. Must not overlap the cluster's service or
+    /// pod ranges.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_CLUSTERSET_VIP_RANGE",
+        value_delimiter = ',',
+        default_value = crate::clusterset_vips::DEFAULT_RANGE_V4
+    )]
+    pub clusterset_vip_range: Vec<ipnet::IpNet>,
+    /// How long a remote-only service must be gone from every peer before its clusterset VIP
+    /// is released.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub clusterset_vip_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +144,10 @@ pub enum ConfigError {
     LeaseTtl(Duration),
     #[error("--cluster-ca {path}: {reason}")]
     ClusterCa { path: PathBuf, reason: String },
+    #[error(
+        "--clusterset-vip-range: give one IPv4 range and optionally one IPv6 range, each with room for addresses; got {0:?}"
+    )]
+    ClustersetVipRange(Vec<ipnet::IpNet>),
 }
 
 /// The checked configuration.
@@ -162,6 +180,9 @@ pub struct Config {
     pub status_addr: std::net::SocketAddr,
     /// `sha256:<hex>` of the cluster CA, when given.
     pub ca_fingerprint: Option<String>,
+    pub clusterset_vip_range: Vec<ipnet::IpNet>,
+    #[serde(with = "humantime_serde")]
+    pub clusterset_vip_grace: Duration,
 }
 
 mod humantime_serde {
@@ -199,6 +220,17 @@ impl Config {
             (Some(ca), Some(cert), Some(key)) => Some(TlsPaths { ca, cert, key }),
             _ => None,
         };
+        let ranges = &args.clusterset_vip_range;
+        let v4 = ranges
+            .iter()
+            .filter(|r| matches!(r, ipnet::IpNet::V4(_)))
+            .count();
+        let roomy = ranges
+            .iter()
+            .all(|r| r.max_prefix_len() - r.prefix_len() >= 2);
+        if ranges.is_empty() || v4 > 1 || ranges.len() - v4 > 1 || !roomy {
+            return Err(ConfigError::ClustersetVipRange(ranges.clone()));
+        }
         let ca_fingerprint = args
             .cluster_ca
             .as_deref()
@@ -234,6 +266,8 @@ impl Config {
             health_addr: args.health_addr,
             status_addr: args.status_addr,
             ca_fingerprint,
+            clusterset_vip_range: args.clusterset_vip_range,
+            clusterset_vip_grace: args.clusterset_vip_grace,
         })
     }
 }
@@ -293,5 +327,15 @@ mod tests {
         let err = args(&["--etcd-ca=/x"]).unwrap_err();
         assert!(err.contains("--etcd-cert"), "{err}");
         assert!(args(&["--cluster-id=300", "--max-connected-clusters=511"]).is_ok());
+        let ok = args(&["--clusterset-vip-range=10.255.0.0/16,fd00:636c::/64"]).unwrap();
+        assert_eq!(ok.clusterset_vip_range.len(), 2);
+        for bad in [
+            "--clusterset-vip-range=10.0.0.0/16,10.1.0.0/16",
+            "--clusterset-vip-range=10.0.0.0/31",
+            "--clusterset-vip-range=10.0.0.0/33",
+        ] {
+            let err = args(&[bad]).unwrap_err();
+            assert!(err.contains("--clusterset-vip-range"), "{bad}: {err}");
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! The clustermesh-apiserver: one per cluster. It reads the cluster's Kubernetes objects from a
 //! `source`, publishes the global services, endpoints, identities and nodes into the cluster's
 //! own etcd (`publish`), and mirrors every connected peer's published state into the local
-//! `cache/` (`mirror`). `app` wires them together; `config` is its command line.
+//! `cache/` (`mirror`); for global services that exist only in peers it allocates clusterset
+//! VIPs (`clusterset_vips`). `app` wires them together; `config` is its command line.
 
 pub mod app;
+pub mod clusterset_vips;
 pub mod config;
 pub mod http;
 pub mod mirror;

@@ -248,6 +248,59 @@ pub fn decode_cluster_config(
     })
 }
 
+/// Decodes a clusterset VIP (`local/clusterset-vips/v1/<cluster>/<ns>/<name>`) of `expected`,
+/// the local cluster: the key, the value's cluster name and ID, the service name, and one or two
+/// addresses (at most one per family, neither unspecified nor multicast).
+pub fn decode_clusterset_vip(
+    schema: &KeySchema,
+    key: &str,
+    value: &[u8],
+    expected: &ExpectedCluster,
+    limits: &Limits,
+) -> Result<ClustersetVip, DecodeError> {
+    check_size(value, limits)?;
+    let Key::ClustersetVip {
+        cluster: key_cluster,
+        namespace,
+        name,
+    } = schema.parse(key)?
+    else {
+        return Err(DecodeError::Key(KeyError::UnknownLayout(key.to_owned())));
+    };
+    if key_cluster != expected.name {
+        return Err(DecodeError::UnexpectedCluster {
+            expected: expected.name.to_string(),
+            found: key_cluster.to_string(),
+        });
+    }
+    let w: wire::ClustersetVipWire = parse_json(value, "clusterset VIP")?;
+    let cluster = cluster_name(&w.cluster, &key_cluster)?;
+    let cluster_id = cluster_id(w.cluster_id, expected)?;
+    same("namespace", &namespace, &w.namespace)?;
+    same("name", &name, &w.name)?;
+    limit("clusterset VIP addresses", w.ips.len(), 2)?;
+    let mut ips = Vec::with_capacity(w.ips.len());
+    for s in &w.ips {
+        ips.push(ip("clusterset VIP", s)?);
+    }
+    let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
+    if ips.is_empty() || v4 > 1 || ips.len() - v4 > 1 {
+        return Err(DecodeError::BadField {
+            field: "ips",
+            value: w.ips.join(","),
+            reason: "expected one IPv4 and/or one IPv6 address",
+        });
+    }
+    ips.sort_by_key(|ip| ip.is_ipv6());
+    Ok(ClustersetVip {
+        cluster,
+        cluster_id,
+        namespace,
+        name,
+        ips,
+    })
+}
+
 /// Decodes a heartbeat or a synced marker written by `expected`.
 pub fn decode_marker(
     value: &[u8],
@@ -534,6 +587,7 @@ fn service(
         shared: w.shared,
         affinity,
         include_external: w.include_external,
+        headless: w.headless,
         labels: labels(w.labels, limits)?,
         selector: labels(w.selector, limits)?,
     })

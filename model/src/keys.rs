@@ -14,6 +14,8 @@
 //! <root>/cache/synced/<remote>/<kind>              the mirror of <kind> is complete
 //! <root>/local/services/v1/<cluster>/<ns>/<name>   an unshared global service: local agents only
 //! <root>/allocations/identities/<cluster>/<id>     an identity allocation, kept across restarts
+//! <root>/local/clusterset-vips/v1/<cluster>/<ns>/<name>  the clusterset VIP of a remote-only
+//!                                                  global service, kept across restarts
 //! ```
 //!
 //! Peers' read-only credentials cover `state/`, never `local/` or `allocations/`.
@@ -210,7 +212,18 @@ pub enum Key {
         cluster: ClusterName,
         id: u32,
     },
+    /// The clusterset VIP the local apiserver allocated for a global service that exists only
+    /// in peers; for the local agents (and their DNS) only, not under any lease.
+    ClustersetVip {
+        cluster: ClusterName,
+        namespace: String,
+        name: String,
+    },
 }
+
+/// The path segment of clusterset VIPs under `local/` (not a [`Kind`]: peers never publish or
+/// mirror them).
+const CLUSTERSET_VIPS: &str = "clusterset-vips";
 
 /// Builds and parses keys under one root prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +322,28 @@ impl KeySchema {
         format!("{}{id}", self.identity_allocation_prefix(cluster))
     }
 
+    /// Clusterset VIPs of a cluster (ends in '/'); under `local/`, so peers cannot read them.
+    pub fn clusterset_vip_prefix(&self, cluster: &ClusterName) -> String {
+        format!(
+            "{}/local/{CLUSTERSET_VIPS}/{SCHEMA_VERSION}/{cluster}/",
+            self.root
+        )
+    }
+
+    pub fn clusterset_vip(&self, cluster: &ClusterName, namespace: &str, name: &str) -> String {
+        format!("{}{namespace}/{name}", self.clusterset_vip_prefix(cluster))
+    }
+
+    /// Every remote cluster's mirror of one kind (ends in '/').
+    pub fn cache_kind_prefix(&self, kind: Kind) -> String {
+        format!("{}/cache/{kind}/{SCHEMA_VERSION}/", self.root)
+    }
+
+    /// Every remote cluster's cache markers (ends in '/').
+    pub fn cache_synced_root(&self) -> String {
+        format!("{}/cache/synced/", self.root)
+    }
+
     /// Everything mirrored from remote clusters (ends in '/').
     pub fn cache_root(&self) -> String {
         format!("{}/cache/", self.root)
@@ -325,6 +360,11 @@ impl KeySchema {
             Key::CacheSynced { remote, kind } => self.cache_synced(remote, *kind),
             Key::Local { cluster, object } => self.local(cluster, object),
             Key::IdentityAllocation { cluster, id } => self.identity_allocation(cluster, *id),
+            Key::ClustersetVip {
+                cluster,
+                namespace,
+                name,
+            } => self.clusterset_vip(cluster, namespace, name),
         }
     }
 
@@ -385,6 +425,29 @@ impl KeySchema {
                 })
             }
             "local" => {
+                if let Some(rest) = tail
+                    .strip_prefix(CLUSTERSET_VIPS)
+                    .and_then(|r| r.strip_prefix('/'))
+                {
+                    let (version, rest) = rest.split_once('/').ok_or_else(unknown)?;
+                    if version != SCHEMA_VERSION {
+                        return Err(KeyError::UnknownSchemaVersion {
+                            key: key.to_owned(),
+                            found: version.to_owned(),
+                        });
+                    }
+                    let (c, service) = rest.split_once('/').ok_or_else(unknown)?;
+                    let ObjectName::Service { namespace, name } =
+                        ObjectName::parse(Kind::Services, service, key)?
+                    else {
+                        return Err(unknown());
+                    };
+                    return Ok(Key::ClustersetVip {
+                        cluster: cluster(c)?,
+                        namespace,
+                        name,
+                    });
+                }
                 let (cluster_name, object) = self.parse_versioned(tail, key)?;
                 Ok(Key::Local {
                     cluster: cluster(cluster_name)?,
@@ -492,6 +555,11 @@ mod tests {
                 cluster: east(),
                 id: 256,
             },
+            Key::ClustersetVip {
+                cluster: east(),
+                namespace: "default".into(),
+                name: "remote-only".into(),
+            },
         ];
         for key in keys {
             let text = s.key(&key);
@@ -520,6 +588,14 @@ mod tests {
         );
         assert_eq!(s.heartbeat(), "clustermesh/.heartbeat");
         assert_eq!(s.cluster_config(&east()), "clustermesh/cluster-config/east");
+        assert_eq!(
+            s.clusterset_vip(&east(), "demo", "echo"),
+            "clustermesh/local/clusterset-vips/v1/east/demo/echo"
+        );
+        assert!(
+            s.clusterset_vip(&east(), "demo", "echo")
+                .starts_with(&s.clusterset_vip_prefix(&east()))
+        );
         let custom = KeySchema::new("cilium").unwrap();
         assert_eq!(
             custom.state_prefix(Kind::Services, &east()),
@@ -554,6 +630,9 @@ mod tests {
             "clustermesh/state/identities/v1/east/007",
             "clustermesh/state/identities/v1/east/-1",
             "clustermesh/state/nodes/v1/east/../../etc",
+            "clustermesh/local/clusterset-vips/v1/east/demo",
+            "clustermesh/local/clusterset-vips/v1/east/demo/Echo",
+            "clustermesh/local/clusterset-vips/v1/east/demo/echo/x",
         ] {
             assert!(
                 matches!(s.parse(bad), Err(KeyError::BadObjectName { .. })),
@@ -561,6 +640,14 @@ mod tests {
                 s.parse(bad)
             );
         }
+        assert!(matches!(
+            s.parse("clustermesh/local/clusterset-vips/v2/east/demo/echo"),
+            Err(KeyError::UnknownSchemaVersion { .. })
+        ));
+        assert!(matches!(
+            s.parse("clustermesh/local/clusterset-vips/v1/EAST/demo/echo"),
+            Err(KeyError::BadCluster { .. })
+        ));
         assert!(matches!(
             s.parse("clustermesh/nothing"),
             Err(KeyError::UnknownLayout(_))

@@ -11,7 +11,8 @@ mod wire;
 
 pub use cluster::{ClusterError, ClusterId, ClusterName, IdentityId, MaxConnectedClusters};
 pub use decode::{
-    DecodeError, ExpectedCluster, Limits, decode_cluster_config, decode_marker, decode_state,
+    DecodeError, ExpectedCluster, Limits, decode_cluster_config, decode_clusterset_vip,
+    decode_marker, decode_state,
 };
 pub use keys::{Key, KeyError, KeySchema, Kind, ObjectName};
 pub use names::{is_dns_label, is_dns_subdomain};

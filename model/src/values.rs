@@ -114,6 +114,8 @@ pub struct GlobalService {
     pub shared: bool,
     pub affinity: Affinity,
     pub include_external: bool,
+    /// A headless Service (`clusterIP: None`): no frontends; DNS answers with its backends.
+    pub headless: bool,
     pub labels: BTreeMap<String, String>,
     pub selector: BTreeMap<String, String>,
 }
@@ -178,9 +180,34 @@ impl GlobalService {
             include_external: self.include_external,
             shared: self.shared,
             affinity: (self.affinity != Affinity::None).then(|| self.affinity.as_str().to_owned()),
+            headless: self.headless,
             cluster_id: u64::from(self.cluster_id.get()),
         };
         json(&w)
+    }
+}
+
+/// The clusterset VIP(s) the local apiserver allocated for a global service that exists only in
+/// peers: one IPv4 and/or one IPv6 address, stable while the service exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClustersetVip {
+    pub cluster: ClusterName,
+    pub cluster_id: ClusterId,
+    pub namespace: String,
+    pub name: String,
+    /// At most one address per family, IPv4 first.
+    pub ips: Vec<IpAddr>,
+}
+
+impl ClustersetVip {
+    pub fn to_json(&self) -> Vec<u8> {
+        json(&wire::ClustersetVipWire {
+            cluster: self.cluster.to_string(),
+            cluster_id: u64::from(self.cluster_id.get()),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            ips: self.ips.iter().map(ToString::to_string).collect(),
+        })
     }
 }
 

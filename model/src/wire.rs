@@ -3,7 +3,7 @@
 //!
 //! The service layout follows Cilium's ClusterService (`frontends`/`backends` as
 //! `ip -> port name -> {Protocol, Port}`, `hostnames`, `zones`, `clusterID`), so Cilium's
-//! published fixtures decode; our additions (`nodes`, `notReady`, `affinity`) are optional.
+//! published fixtures decode; our additions (`nodes`, `notReady`, `affinity`, `headless`) are optional.
 //! Numbers that have a range (ports, IDs) are read as u64 so that an out-of-range value is our
 //! own typed error, not a generic JSON one.
 
@@ -58,8 +58,22 @@ pub(crate) struct ServiceWire {
     pub shared: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<String>,
+    /// Ours, optional: Cilium's layout has no such field (a headless service has no frontends).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headless: bool,
     #[serde(rename = "clusterID")]
     pub cluster_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ClustersetVipWire {
+    pub cluster: String,
+    #[serde(rename = "clusterID")]
+    pub cluster_id: u64,
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

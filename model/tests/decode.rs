@@ -361,3 +361,122 @@ fn cluster_config_and_markers() {
         marker
     );
 }
+
+const VIP_KEY: &str = "clustermesh/local/clusterset-vips/v1/east/demo/echo";
+
+fn vip_json() -> Value {
+    json!({"cluster": "east", "clusterID": 1, "namespace": "demo", "name": "echo",
+        "ips": ["fd00:636c::5", "10.255.0.5"]})
+}
+
+fn decode_vip(key: &str, value: &Value) -> Result<ClustersetVip, DecodeError> {
+    decode_clusterset_vip(
+        &KeySchema::default(),
+        key,
+        &serde_json::to_vec(value).unwrap(),
+        &east(),
+        &Limits::default(),
+    )
+}
+
+#[test]
+fn a_clusterset_vip_decodes_and_round_trips() {
+    let vip = decode_vip(VIP_KEY, &vip_json()).unwrap();
+    assert_eq!(
+        (vip.namespace.as_str(), vip.name.as_str()),
+        ("demo", "echo")
+    );
+    // IPv4 first, whatever the order written.
+    assert_eq!(
+        vip.ips,
+        [
+            "10.255.0.5".parse::<std::net::IpAddr>().unwrap(),
+            "fd00:636c::5".parse().unwrap()
+        ]
+    );
+    let again = decode_clusterset_vip(
+        &KeySchema::default(),
+        VIP_KEY,
+        &vip.to_json(),
+        &east(),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(again, vip);
+}
+
+#[test]
+fn clusterset_vips_are_refused_with_a_reason() {
+    let reason = |key: &str, v: Value| decode_vip(key, &v).unwrap_err().reason();
+    assert_eq!(
+        reason(VIP_KEY, with(vip_json(), &["cluster"], json!("west"))),
+        "cluster_name"
+    );
+    assert_eq!(
+        reason(VIP_KEY, with(vip_json(), &["clusterID"], json!(2))),
+        "cluster_id"
+    );
+    assert_eq!(
+        reason(VIP_KEY, with(vip_json(), &["clusterID"], json!(300))),
+        "cluster_id"
+    );
+    assert_eq!(
+        reason(
+            "clustermesh/local/clusterset-vips/v1/west/demo/echo",
+            vip_json()
+        ),
+        "unexpected_cluster"
+    );
+    assert_eq!(
+        reason(VIP_KEY, with(vip_json(), &["name"], json!("other"))),
+        "object_mismatch"
+    );
+    assert_eq!(
+        reason(VIP_KEY, with(vip_json(), &["ips"], json!(["10.0.0.300"]))),
+        "address"
+    );
+    assert_eq!(
+        reason(VIP_KEY, with(vip_json(), &["ips"], json!(["0.0.0.0"]))),
+        "address"
+    );
+    assert_eq!(
+        reason(VIP_KEY, with(vip_json(), &["ips"], json!([]))),
+        "field"
+    );
+    assert_eq!(
+        reason(
+            VIP_KEY,
+            with(vip_json(), &["ips"], json!(["10.0.0.1", "10.0.0.2"]))
+        ),
+        "field"
+    );
+    assert_eq!(
+        reason(
+            VIP_KEY,
+            with(
+                vip_json(),
+                &["ips"],
+                json!(["10.0.0.1", "fd00::1", "fd00::2"])
+            )
+        ),
+        "too_many"
+    );
+    assert_eq!(reason(VIP_KEY, json!({"cluster": "east"})), "json");
+    // A service key is not a VIP key.
+    assert_eq!(reason(SVC_KEY, vip_json()), "key");
+}
+
+#[test]
+fn headless_is_optional_and_round_trips() {
+    let StateValue::Service(svc) = decode(SVC_KEY, &service_json()).unwrap() else {
+        panic!()
+    };
+    assert!(!svc.headless);
+    let headless = with(service_json(), &["headless"], json!(true));
+    let StateValue::Service(svc) = decode(SVC_KEY, &headless).unwrap() else {
+        panic!()
+    };
+    assert!(svc.headless);
+    let again: Value = serde_json::from_slice(&svc.to_json()).unwrap();
+    assert_eq!(again["headless"], json!(true));
+}

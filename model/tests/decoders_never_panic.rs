@@ -21,6 +21,7 @@ fn keys() -> impl Strategy<Value = String> {
         Just("identities".to_owned()),
         Just("nodes".to_owned()),
         Just("agents".to_owned()),
+        Just("clusterset-vips".to_owned()),
         "[a-z]{1,8}",
     ];
     let object = prop_oneof![
@@ -31,7 +32,11 @@ fn keys() -> impl Strategy<Value = String> {
         "[ -~]{0,40}",
     ];
     let cluster = prop_oneof![Just("east".to_owned()), "[a-z0-9-]{0,34}"];
-    let area = prop_oneof![Just("state".to_owned()), Just("cache".to_owned())];
+    let area = prop_oneof![
+        Just("state".to_owned()),
+        Just("cache".to_owned()),
+        Just("local".to_owned())
+    ];
     prop_oneof![
         (
             area,
@@ -66,6 +71,7 @@ fn values() -> impl Strategy<Value = Vec<u8>> {
             Just("pod"),
             Just("id"),
             Just("tunnelAddress"),
+            Just("ips"),
         ]
         .prop_map(str::to_owned),
         scalar,
@@ -104,6 +110,21 @@ proptest! {
         let name = expected().name;
         let _ = decode_cluster_config(&schema, &schema.cluster_config(&name), &value, &name, &Limits::default());
         let _ = decode_marker(&value, &expected(), &Limits::default());
+    }
+
+    #[test]
+    fn clusterset_vip_decoder_never_panics(key in keys(), value in values(), ips in proptest::collection::vec("[0-9a-f:.]{0,20}", 0..4)) {
+        let schema = KeySchema::default();
+        let mut with_ips: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+        if let Some(map) = with_ips.as_object_mut() {
+            map.insert("ips".into(), serde_json::json!(ips));
+        }
+        for value in [value, serde_json::to_vec(&with_ips).unwrap()] {
+            if let Ok(vip) = decode_clusterset_vip(&schema, &key, &value, &expected(), &Limits::default()) {
+                let again = decode_clusterset_vip(&schema, &key, &vip.to_json(), &expected(), &Limits::default());
+                prop_assert_eq!(again, Ok(vip));
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the agent reads from its own cluster's etcd, and nothing else: the local cluster's
 //! global services (shared under `state/`, local-only under `local/`), the local synced marker,
-//! and the `cache/` mirror of every connected peer (services, agent records, synced markers)
+//! the clusterset VIPs the local apiserver allocated (`local/clusterset-vips/`), and the
+//! `cache/` mirror of every connected peer (services, agent records, synced markers)
 //! that the local apiserver maintains.
 //!
 //! Every value is decoded strictly (`model::decode_state`) for the cluster it claims to be
@@ -17,8 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clustermesh_model::{
-    Agent, ClusterId, ClusterName, ExpectedCluster, GlobalService, Key, KeySchema, Kind, Limits,
-    MaxConnectedClusters, ObjectName, StateValue, decode_marker, decode_state,
+    Agent, ClusterId, ClusterName, ClustersetVip, ExpectedCluster, GlobalService, Key, KeySchema,
+    Kind, Limits, MaxConnectedClusters, ObjectName, StateValue, decode_clusterset_vip,
+    decode_marker, decode_state,
 };
 use clustermesh_store::{Client, WatchEvent, WatchReader};
 use serde::Serialize;
@@ -37,14 +39,17 @@ pub enum Source {
     LocalSynced,
     /// `cache/`: every peer's mirror.
     Cache,
+    /// `local/clusterset-vips/v1/<local>/`: VIPs of remote-only services.
+    ClustersetVips,
 }
 
 impl Source {
-    pub const ALL: [Source; 4] = [
+    pub const ALL: [Source; 5] = [
         Source::SharedServices,
         Source::LocalOnlyServices,
         Source::LocalSynced,
         Source::Cache,
+        Source::ClustersetVips,
     ];
 
     fn prefix(self, schema: &KeySchema, local: &ClusterName) -> String {
@@ -53,6 +58,7 @@ impl Source {
             Source::LocalOnlyServices => schema.local_prefix(Kind::Services, local),
             Source::LocalSynced => schema.synced(local, Kind::Services),
             Source::Cache => schema.cache_root(),
+            Source::ClustersetVips => schema.clusterset_vip_prefix(local),
         }
     }
 }
@@ -133,6 +139,8 @@ pub struct Inputs {
     /// Local services by etcd key (shared and local-only keys differ).
     local_services: BTreeMap<String, Arc<GlobalService>>,
     local_synced: bool,
+    /// Clusterset VIPs by etcd key.
+    clusterset_vips: BTreeMap<String, ClustersetVip>,
     peers: BTreeMap<ClusterName, PeerState>,
     initialized: BTreeSet<Source>,
     /// Values refused, by `DecodeError::reason()`.
@@ -148,6 +156,7 @@ impl Inputs {
             limits: Limits::default(),
             local_services: BTreeMap::new(),
             local_synced: false,
+            clusterset_vips: BTreeMap::new(),
             peers: BTreeMap::new(),
             initialized: BTreeSet::new(),
             rejected: BTreeMap::new(),
@@ -264,6 +273,18 @@ impl Inputs {
                 }
             },
             Source::Cache => self.upsert_cache(key, value),
+            Source::ClustersetVips => {
+                match decode_clusterset_vip(&self.schema, key, &value, &self.local, &self.limits) {
+                    Ok(vip) => {
+                        self.clusterset_vips.insert(key.to_owned(), vip);
+                        true
+                    }
+                    Err(e) => {
+                        self.reject(key, e.reason(), &e);
+                        false
+                    }
+                }
+            }
         }
     }
 
@@ -378,6 +399,7 @@ impl Inputs {
             Source::SharedServices | Source::LocalOnlyServices => {
                 self.local_services.remove(key).is_some()
             }
+            Source::ClustersetVips => self.clusterset_vips.remove(key).is_some(),
             Source::LocalSynced => {
                 // The marker goes only with the apiserver's lease; what we program stays, and a
                 // new apiserver writes it again after its own sync.
@@ -452,8 +474,11 @@ impl Inputs {
         MergeInput {
             local,
             peers,
-            // The apiserver does not allocate clusterset VIPs yet; see ARCHITECTURE.md.
-            clusterset_vips: BTreeMap::new(),
+            clusterset_vips: self
+                .clusterset_vips
+                .values()
+                .map(|vip| (ServiceName::new(&vip.namespace, &vip.name), vip.ips.clone()))
+                .collect(),
         }
     }
 

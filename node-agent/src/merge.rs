@@ -85,8 +85,9 @@ pub struct MergeInput {
     /// The local cluster's global services, shared (`state/`) and local-only (`local/`).
     pub local: ServiceMap,
     pub peers: Vec<PeerInput>,
-    /// Clusterset VIPs the local apiserver allocated for remote-only global services.
-    pub clusterset_vips: BTreeMap<ServiceName, IpAddr>,
+    /// Clusterset VIPs the local apiserver allocated for remote-only global services (an IPv4
+    /// and/or an IPv6 address).
+    pub clusterset_vips: BTreeMap<ServiceName, Vec<IpAddr>>,
 }
 
 /// Where a chosen backend lives.
@@ -166,7 +167,7 @@ pub fn merge(input: &MergeInput) -> Desired {
             name,
             local,
             peers,
-            input.clusterset_vips.get(name),
+            input.clusterset_vips.get(name).map(Vec::as_slice),
             &mut desired,
         );
     }
@@ -177,7 +178,7 @@ fn merge_service(
     name: &ServiceName,
     local: Option<&GlobalService>,
     peers: &[(&PeerInput, &GlobalService)],
-    clusterset_vip: Option<&IpAddr>,
+    clusterset_vip: Option<&[IpAddr]>,
     desired: &mut Desired,
 ) {
     // Frontends: the local Service's cluster IPs; for a remote-only service the clusterset VIP
@@ -192,12 +193,15 @@ fn merge_service(
             local.affinity,
         ),
         (None, Some((_, first))) => {
-            let Some(vip) = clusterset_vip else { return };
+            let Some(vips) = clusterset_vip else { return };
             let Some(ports) = first.frontends.first().map(|f| &f.ports) else {
                 return;
             };
             // No local backends exist, so affinity cannot change the choice.
-            (vec![(*vip, ports)], Affinity::None)
+            (
+                vips.iter().map(|vip| (*vip, ports)).collect(),
+                Affinity::None,
+            )
         }
         (None, None) => return,
     };
@@ -351,6 +355,7 @@ mod tests {
             shared: true,
             affinity: Affinity::None,
             include_external: false,
+            headless: false,
             labels: Default::default(),
             selector: Default::default(),
         }
@@ -745,13 +750,15 @@ mod tests {
             peers,
             clusterset_vips: BTreeMap::from([(
                 ServiceName::new("demo", "echo"),
-                "10.100.0.7".parse().unwrap(),
+                vec!["10.100.0.7".parse().unwrap(), "fd00::7".parse().unwrap()],
             )]),
             ..Default::default()
         };
         let desired = merge(&with_vip);
         assert_eq!(active(&desired, "10.100.0.7:80"), ["east/10.2.0.1:8080"]);
-        assert_eq!(desired.len(), 1);
+        // Both families get a frontend; the IPv6 one has no IPv6 backend to use.
+        assert_eq!(desired.len(), 2);
+        assert!(active(&desired, "[fd00::7]:80").is_empty());
     }
 
     #[test]

@@ -76,6 +76,7 @@ fn service(cluster: &ClusterName, id: ClusterId, i: usize) -> GlobalService {
         shared: true,
         affinity: Affinity::None,
         include_external: false,
+        headless: false,
         labels: BTreeMap::new(),
         selector: BTreeMap::new(),
     }

@@ -106,6 +106,7 @@ pub fn global_services(
             shared,
             affinity,
             include_external: false,
+            headless: is_headless(svc),
             labels: svc.metadata.labels.clone().unwrap_or_default(),
             selector: svc
                 .spec
@@ -115,6 +116,14 @@ pub fn global_services(
         });
     }
     out
+}
+
+/// `clusterIP: None` (a headless Service: DNS answers with its backends' addresses).
+fn is_headless(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .is_some_and(|ip| ip == "None")
 }
 
 fn frontends(svc: &Service, what: &str, problems: &mut Vec<String>) -> Vec<Frontend> {
