@@ -129,6 +129,9 @@ pub struct UpArgs {
     /// built]. Without one no agent runs.
     #[arg(long)]
     agent_bin: Option<PathBuf>,
+    /// Start only the etcds: no apiserver and no agents, even if their binaries are built.
+    #[arg(long, conflicts_with_all = ["apiserver_bin", "agent_bin"])]
+    etcd_only: bool,
     /// Do not connect the clusters to each other (`clustermesh lab connect` does it later).
     /// By default every pair of clusters is connected: a full mesh.
     #[arg(long)]
@@ -385,11 +388,15 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         let path = program.with_file_name(name);
         path.is_file().then_some(path)
     };
-    let (apiserver_bin, agent_bin) = (
-        args.apiserver_bin
-            .or_else(|| sibling("clustermesh-apiserver")),
-        args.agent_bin.or_else(|| sibling("clustermesh-agent")),
-    );
+    let (apiserver_bin, agent_bin) = if args.etcd_only {
+        (None, None)
+    } else {
+        (
+            args.apiserver_bin
+                .or_else(|| sibling("clustermesh-apiserver")),
+            args.agent_bin.or_else(|| sibling("clustermesh-agent")),
+        )
+    };
     let mut config = LabConfig::new(
         &args.lab.name,
         Helper {
@@ -638,8 +645,9 @@ fn process_action(args: &ProcessArgs, action: Action) -> Result<ExitCode> {
         let ids: Vec<_> = known.iter().map(|p| p.spec.id.as_str()).collect();
         if not_built {
             bail!(
-                "{:?} does not run in this lab: the apiserver and agent are not built yet \
-                 (start the lab with --apiserver-bin/--agent-bin once they exist). Running: {}",
+                "{:?} does not run in this lab: it was started without the apiserver and \
+                 agents (--etcd-only, or their binaries were not built: run `cargo build` and \
+                 start a new lab). Running: {}",
                 args.id,
                 ids.join(", ")
             );
@@ -838,7 +846,7 @@ fn print_table(s: &LabStatus) {
     }
     if !s.not_available.is_empty() {
         println!();
-        println!("NOT AVAILABLE YET");
+        println!("NOT RUNNING IN THIS LAB");
         for line in &s.not_available {
             println!("  {line}");
         }

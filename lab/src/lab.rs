@@ -1190,13 +1190,13 @@ impl Lab {
         let mut not_available = Vec::new();
         if s.binaries.apiserver.is_none() {
             not_available.push(
-                "apiserver: not built yet, so not started (give --apiserver-bin once it exists)"
+                "apiserver: not started (lab up --etcd-only, or its binary was not found: `cargo build`, or give --apiserver-bin)"
                     .to_owned(),
             );
         }
         if s.binaries.agent.is_none() {
             not_available.push(
-                "agent: not built yet, so not started; no eBPF programs are attached and no tunnel runs (give --agent-bin once it exists)"
+                "agent: not started, so no eBPF programs are attached and no tunnel runs (lab up --etcd-only, or its binary was not found: `cargo build`, or give --agent-bin)"
                     .to_owned(),
             );
         }

@@ -29,11 +29,11 @@
 //! everything, also after a crash. Tests hold a [`LabGuard`], which takes the lab down when
 //! dropped, also when the test panics.
 //!
-//! # Components that come later
-//! The apiserver and the agent are not built yet. [`Lab::apiserver_spec`] and
-//! [`Lab::agent_spec`] give their [`supervisor::ProcessSpec`] (namespace, cgroup, environment);
-//! register one with `lab.processes().register(&spec)`, or give the binaries to `up`
-//! ([`LabConfig::binaries`], `--apiserver-bin`/`--agent-bin`). They get these variables:
+//! # The mesh components
+//! `up` starts an apiserver per cluster and an agent per node when their binaries are given
+//! ([`LabConfig::binaries`]; the CLI takes the ones built next to it, or
+//! `--apiserver-bin`/`--agent-bin`). [`Lab::apiserver_spec`] and [`Lab::agent_spec`] give their
+//! [`supervisor::ProcessSpec`] (namespace, cgroup, environment). They get these variables:
 //!
 //! | variable | value |
 //! |---|---|

@@ -79,9 +79,9 @@ fn io_err<'a>(
 pub enum Component {
     /// The cluster's etcd (Debian's `etcd`).
     Etcd,
-    /// The cluster's clustermesh-apiserver (not built yet: started only when its binary is given).
+    /// The cluster's clustermesh-apiserver (started when its binary is given).
     Apiserver,
-    /// A node's clustermesh-agent (not built yet: started only when its binary is given).
+    /// A node's clustermesh-agent (started when its binary is given).
     Agent,
     /// A pod's workload, e.g. the echo server.
     Workload,
