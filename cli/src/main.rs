@@ -1,12 +1,20 @@
-//! `clustermesh`: the mesh's command line. Today it has the `lab` command group (whole
-//! clusters on one Linux machine); enabling, connecting and status of real clusters come
-//! with their issues.
+//! `clustermesh`: the mesh's command line. `enable`, `connect`, `disconnect`, `disable`,
+//! `status`, `troubleshoot` and `manifests` work against a Kubernetes context or a lab cluster
+//! (`--context lab:<cluster>`); `lab` builds whole clusters on one Linux machine.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod connect;
+mod disable;
+mod enable;
+mod kube_target;
 mod lab;
+mod lab_target;
+mod manifests;
+mod pki;
+mod target;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,17 +22,55 @@ mod lab;
     version,
     about = "Connects Kubernetes clusters into one mesh, with any CNI",
     long_about = "Connects Kubernetes clusters into one mesh, with any CNI.\n\n\
-                  Today only `clustermesh lab` exists: it builds whole clusters on one Linux \
-                  machine (network namespaces, cgroups, pods, a routed WAN, one etcd per \
-                  cluster) to try the mesh and to test it."
+                  Typical use: `clustermesh enable --context east --cluster-name east \
+                  --cluster-id 1`, the same for west, then `clustermesh connect --context east \
+                  --destination-context west` and `clustermesh status --context east --wait`.\n\n\
+                  Every --context is a kubeconfig context, or lab:<cluster> for a cluster of a \
+                  lab on this machine (`clustermesh lab up` builds one: network namespaces, \
+                  cgroups, pods, a routed WAN, one etcd per cluster)."
 )]
 struct Cli {
+    #[command(flatten)]
+    targets: target::TargetOptions,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Set up the mesh in a cluster: CA and certificates, etcd + clustermesh-apiserver, and
+    /// the node agents.
+    ///
+    /// Creates the cluster's CA (or takes --ca-cert/--ca-key), certificates for the etcd
+    /// server, the apiserver and every node's agent (with SPIFFE URIs), and applies by
+    /// server-side apply: namespace, service accounts, RBAC, the clustermesh-config ConfigMap,
+    /// Secrets, the etcd Service (LoadBalancer or NodePort), the apiserver Deployment and the
+    /// agent DaemonSet (privileged, host network, bpffs and cgroup mounts). Running it again
+    /// changes nothing unless something changed: certificates are kept while they fit and are
+    /// far from expiry. Run it again after adding nodes (each gets its own agent certificate).
+    ///
+    /// For lab:<cluster>: the lab already runs etcd, the apiserver and the agents with its own
+    /// CA; enable makes sure they run (starts them after `disable`) and reports their health.
+    Enable(enable::EnableArgs),
+    /// Print, as YAML, exactly the objects `enable` applies (for GitOps or Terraform).
+    ///
+    /// With --context the certificates, nodes and load balancer address are read from that
+    /// cluster (nothing is written), so the output equals what `enable` applies there.
+    Manifests(enable::ManifestsArgs),
+    /// Connect clusters: each gets a peer entry for the other (no shared CA needed).
+    ///
+    /// Reads both clusters' names, IDs, etcd endpoints and CAs, refuses duplicate names or IDs,
+    /// and writes into the source's `clustermesh-peers` Secret (or lab peers directory) the
+    /// destination's endpoints, its CA, and a read-only client certificate (CN remote) that
+    /// the destination's CA issues; and the same the other way round. --connection-mode mesh
+    /// connects every pair among --context and all --destination-context. Connecting twice
+    /// changes nothing.
+    Connect(connect::ConnectArgs),
+    /// Remove the peer entries of two clusters from each other (both ways). The peers' mirrors
+    /// and their backends go away within seconds; nothing restarts.
+    Disconnect(connect::DisconnectArgs),
+    /// Remove what `enable` made. Refuses while peers are connected, unless --force.
+    Disable(disable::DisableArgs),
     /// Build and drive whole clusters on this machine (needs root).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -35,6 +81,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
+        command => runtime().and_then(|rt| rt.block_on(run(&cli.targets, command))),
     };
     match result {
         Ok(code) => code,
@@ -45,12 +92,32 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+async fn run(targets: &target::TargetOptions, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Enable(args) => enable::enable(targets, &args).await,
+        Command::Manifests(args) => enable::manifests(targets, &args).await,
+        Command::Connect(args) => connect::connect(targets, &args).await,
+        Command::Disconnect(args) => connect::disconnect(targets, &args).await,
+        Command::Disable(args) => disable::disable(targets, &args).await,
+        Command::Lab(_) => unreachable!("lab commands run without the async runtime"),
+    }
+}
+
 /// Progress goes to stderr as plain lines; `RUST_LOG` changes the level,
 /// `LOG_FORMAT=json` prints JSON for machines.
 fn init_logging() {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // kube-rs logs every failed request itself; the CLI reports failures in one sentence.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube=off,kube_client=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -2,9 +2,12 @@
 //! never be deployed as one: no authentication, no admission, no validation, no persistence.
 //!
 //! It exists because the machines this project is built and tested on cannot run a real API
-//! server, and the `kubernetes` cluster source must still be tested over real HTTP with the real
-//! kube-rs client. It speaks the part of the API that kube-runtime's watcher uses, for the five
-//! kinds the apiserver publishes from (Services, EndpointSlices, Pods, Nodes, Namespaces):
+//! server, and the `kubernetes` cluster source and the CLI's Kubernetes target must still be
+//! tested over real HTTP with the real kube-rs client. It speaks the part of the API that
+//! kube-runtime's watcher and the CLI use, for the five kinds the apiserver publishes from
+//! (Services, EndpointSlices, Pods, Nodes, Namespaces) and the kinds `clustermesh enable`
+//! creates (ConfigMaps, Secrets, ServiceAccounts, Deployments, DaemonSets, ClusterRoles,
+//! ClusterRoleBindings):
 //!
 //! - `GET` of a collection (`/api/v1/services`, `/api/v1/namespaces/{ns}/services`,
 //!   `/apis/discovery.k8s.io/v1/endpointslices`, ...) returns a list whose
@@ -16,11 +19,17 @@
 //!   server sends: HTTP 200 with one `ERROR` event carrying a `Status` with code 410 and reason
 //!   `Expired`. (kube-runtime re-lists on that event; it would retry a bare HTTP 410 forever with
 //!   the same resource version, so the bare status is not what we serve.)
-//! - `GET` of one object by name.
+//! - `GET` of one object by name, and `GET /version`;
+//! - `PATCH` with `application/apply-patch+yaml` (server-side apply, simplified: the applied
+//!   object replaces the stored one, server-owned fields are kept, and an apply that changes
+//!   nothing leaves the resource version alone), `POST` (create) and `DELETE`. Writes into a
+//!   namespace that does not exist get 404, as on a real API server.
 //!
 //! Tests drive it in-process: [`FakeKubeApiServer::apply`], [`FakeKubeApiServer::delete`],
 //! [`FakeKubeApiServer::compact_history`], [`FakeKubeApiServer::break_watches`],
-//! [`FakeKubeApiServer::refuse_watches`], [`FakeKubeApiServer::forbid`], and get a client with
+//! [`FakeKubeApiServer::refuse_watches`], [`FakeKubeApiServer::forbid`],
+//! [`FakeKubeApiServer::set_status`], inspect it with [`FakeKubeApiServer::get`],
+//! [`FakeKubeApiServer::objects`] and [`FakeKubeApiServer::write_requests`], and get a client with
 //! [`FakeKubeApiServer::client`] or a kubeconfig with [`FakeKubeApiServer::write_kubeconfig`].
 //! It serves plain HTTP on 127.0.0.1 on a free port.
 
@@ -34,7 +43,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -48,15 +57,29 @@ pub enum ResourceKind {
     Pod,
     Node,
     Namespace,
+    ConfigMap,
+    Secret,
+    ServiceAccount,
+    Deployment,
+    DaemonSet,
+    ClusterRole,
+    ClusterRoleBinding,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 5] = [
+    pub const ALL: [ResourceKind; 12] = [
         ResourceKind::Service,
         ResourceKind::EndpointSlice,
         ResourceKind::Pod,
         ResourceKind::Node,
         ResourceKind::Namespace,
+        ResourceKind::ConfigMap,
+        ResourceKind::Secret,
+        ResourceKind::ServiceAccount,
+        ResourceKind::Deployment,
+        ResourceKind::DaemonSet,
+        ResourceKind::ClusterRole,
+        ResourceKind::ClusterRoleBinding,
     ];
 
     /// The kind of a k8s-openapi type, if the fake serves it.
@@ -73,6 +96,13 @@ impl ResourceKind {
             ResourceKind::Pod => "Pod",
             ResourceKind::Node => "Node",
             ResourceKind::Namespace => "Namespace",
+            ResourceKind::ConfigMap => "ConfigMap",
+            ResourceKind::Secret => "Secret",
+            ResourceKind::ServiceAccount => "ServiceAccount",
+            ResourceKind::Deployment => "Deployment",
+            ResourceKind::DaemonSet => "DaemonSet",
+            ResourceKind::ClusterRole => "ClusterRole",
+            ResourceKind::ClusterRoleBinding => "ClusterRoleBinding",
         }
     }
 
@@ -83,12 +113,23 @@ impl ResourceKind {
             ResourceKind::Pod => "pods",
             ResourceKind::Node => "nodes",
             ResourceKind::Namespace => "namespaces",
+            ResourceKind::ConfigMap => "configmaps",
+            ResourceKind::Secret => "secrets",
+            ResourceKind::ServiceAccount => "serviceaccounts",
+            ResourceKind::Deployment => "deployments",
+            ResourceKind::DaemonSet => "daemonsets",
+            ResourceKind::ClusterRole => "clusterroles",
+            ResourceKind::ClusterRoleBinding => "clusterrolebindings",
         }
     }
 
     pub fn group(self) -> &'static str {
         match self {
             ResourceKind::EndpointSlice => "discovery.k8s.io",
+            ResourceKind::Deployment | ResourceKind::DaemonSet => "apps",
+            ResourceKind::ClusterRole | ResourceKind::ClusterRoleBinding => {
+                "rbac.authorization.k8s.io"
+            }
             _ => "",
         }
     }
@@ -96,14 +137,21 @@ impl ResourceKind {
     pub fn api_version(self) -> &'static str {
         match self {
             ResourceKind::EndpointSlice => "discovery.k8s.io/v1",
+            ResourceKind::Deployment | ResourceKind::DaemonSet => "apps/v1",
+            ResourceKind::ClusterRole | ResourceKind::ClusterRoleBinding => {
+                "rbac.authorization.k8s.io/v1"
+            }
             _ => "v1",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            ResourceKind::Service | ResourceKind::EndpointSlice | ResourceKind::Pod
+            ResourceKind::Node
+                | ResourceKind::Namespace
+                | ResourceKind::ClusterRole
+                | ResourceKind::ClusterRoleBinding
         )
     }
 
@@ -155,6 +203,8 @@ struct Shared {
     /// event or a bookmark).
     open_watches: Mutex<BTreeMap<u64, u64>>,
     next_watch_id: AtomicU64,
+    /// How many create and apply requests were answered.
+    writes: AtomicU64,
 }
 
 struct Store {
@@ -228,6 +278,7 @@ impl FakeKubeApiServer {
             bookmarks_sent: AtomicU64::new(0),
             open_watches: Mutex::new(BTreeMap::new()),
             next_watch_id: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -341,28 +392,61 @@ impl FakeKubeApiServer {
     pub fn delete<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> bool {
         let kind = ResourceKind::of::<K>()
             .unwrap_or_else(|| panic!("the fake does not serve {}/{}", K::API_VERSION, K::KIND));
+        self.shared.remove(kind, namespace, name).is_some()
+    }
+
+    /// The stored object (as a client would GET it), if any. `namespace` is ignored for
+    /// cluster-scoped kinds.
+    pub fn get(&self, kind: ResourceKind, namespace: &str, name: &str) -> Option<Value> {
+        let namespace = if kind.namespaced() { namespace } else { "" };
+        let store = self.shared.lock_store();
+        store
+            .objects
+            .get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Every stored object of `kind`, ordered by namespace and name.
+    pub fn objects(&self, kind: ResourceKind) -> Vec<Value> {
+        let store = self.shared.lock_store();
+        store
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
+    /// How many create and apply requests the server has answered (no-op applies included).
+    pub fn write_requests(&self) -> u64 {
+        self.shared.writes.load(Ordering::SeqCst)
+    }
+
+    /// Replaces the `status` of a stored object, as a controller would (for example a
+    /// Service's load balancer address). Panics if the object does not exist.
+    pub fn set_status(&self, kind: ResourceKind, namespace: &str, name: &str, status: Value) {
         let namespace = if kind.namespaced() { namespace } else { "" };
         let mut store = self.shared.lock_store();
         let key = (kind, namespace.to_string(), name.to_string());
-        let Some(mut value) = store.objects.remove(&key) else {
-            return false;
-        };
         store.resource_version += 1;
         let resource_version = store.resource_version;
-        // As a real API server does, the DELETED event carries the object at the deletion's
-        // resource version.
-        value["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        let object = store
+            .objects
+            .get_mut(&key)
+            .unwrap_or_else(|| panic!("set_status: no {} {namespace}/{name}", kind.kind()));
+        object["status"] = status;
+        object["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        let object = Arc::new(object.clone());
         store.record(
             StoredEvent {
                 resource_version,
                 kind,
                 namespace: namespace.to_string(),
-                event_type: "DELETED",
-                object: Arc::new(value),
+                event_type: "MODIFIED",
+                object,
             },
             &self.shared.events,
         );
-        true
     }
 
     /// The server's current resource version.
@@ -474,6 +558,34 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn count_write(&self) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Removes an object and sends its DELETED event; returns it if it existed.
+    fn remove(&self, kind: ResourceKind, namespace: &str, name: &str) -> Option<Value> {
+        let namespace = if kind.namespaced() { namespace } else { "" };
+        let mut store = self.lock_store();
+        let key = (kind, namespace.to_string(), name.to_string());
+        let mut value = store.objects.remove(&key)?;
+        store.resource_version += 1;
+        let resource_version = store.resource_version;
+        // As a real API server does, the DELETED event carries the object at the deletion's
+        // resource version.
+        value["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+        store.record(
+            StoredEvent {
+                resource_version,
+                kind,
+                namespace: namespace.to_string(),
+                event_type: "DELETED",
+                object: Arc::new(value.clone()),
+            },
+            &self.events,
+        );
+        Some(value)
+    }
+
     fn count_list(&self, kind: ResourceKind) {
         let mut counts = self
             .list_requests
@@ -500,10 +612,11 @@ enum Target {
 fn parse_path(path: &str) -> Option<Target> {
     let (group, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
         ("", rest)
-    } else if let Some(rest) = path.strip_prefix("/apis/discovery.k8s.io/v1/") {
-        ("discovery.k8s.io", rest)
     } else {
-        return None;
+        let rest = path.strip_prefix("/apis/")?;
+        let (group, rest) = rest.split_once('/')?;
+        let rest = rest.strip_prefix("v1/")?;
+        (group, rest)
     };
     let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     match segments.as_slice() {
@@ -568,7 +681,16 @@ async fn handle(
     method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
+    if uri.path() == "/version" && method == Method::GET {
+        // What a client asks first to see whether the server is there.
+        return json_response(
+            StatusCode::OK,
+            &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake", "platform": "linux/amd64"}),
+        );
+    }
     let Some(target) = parse_path(uri.path()) else {
         return status_response(
             StatusCode::NOT_FOUND,
@@ -576,11 +698,16 @@ async fn handle(
             &format!("the fake API server does not serve {}", uri.path()),
         );
     };
+    if method == Method::PATCH || method == Method::DELETE || method == Method::POST {
+        return write(&shared, &method, target, &query, &headers, &body);
+    }
     if method != Method::GET {
         return status_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            &format!("the fake API server only serves GET, not {method}"),
+            &format!(
+                "the fake API server serves GET, PATCH (apply), POST and DELETE, not {method}"
+            ),
         );
     }
     for selector in ["labelSelector", "fieldSelector"] {
@@ -639,6 +766,275 @@ async fn handle(
             }
         }
     }
+}
+
+/// `PATCH` with `application/apply-patch+yaml` (server-side apply), `POST` to a collection
+/// (create) and `DELETE` of one object.
+///
+/// Server-side apply here is a simplification of the real thing: the applied object replaces
+/// the stored one (one field manager owns every field; `status`, `uid`, `creationTimestamp`
+/// and an assigned `nodePort` are kept), and an apply that changes nothing changes nothing —
+/// the resource version stays, no event is sent — as on a real API server.
+fn write(
+    shared: &Arc<Shared>,
+    method: &Method,
+    target: Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let (kind, namespace, name) = match (method, target) {
+        (&Method::POST, Target::Collection { kind, namespace }) => (kind, namespace, None),
+        (&Method::POST, Target::Object { .. }) => {
+            return status_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "POST creates objects in a collection, not at an object's path",
+            );
+        }
+        (
+            _,
+            Target::Object {
+                kind,
+                namespace,
+                name,
+            },
+        ) => (kind, namespace, Some(name)),
+        (_, Target::Collection { .. }) => {
+            return status_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                &format!("the fake API server does not {method} whole collections"),
+            );
+        }
+    };
+    let verb = match *method {
+        Method::DELETE => "delete",
+        Method::POST => "create",
+        _ => "patch",
+    };
+    if shared.lock_store().forbidden.contains(&kind) {
+        return forbidden(kind, verb, namespace.as_deref());
+    }
+    if *method == Method::DELETE {
+        let name = name.unwrap_or_default();
+        return match shared.remove(kind, namespace.as_deref().unwrap_or_default(), &name) {
+            Some(object) => json_response(StatusCode::OK, &object),
+            None => status_response(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{} \"{name}\" not found", kind.plural()),
+            ),
+        };
+    }
+
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let apply = *method == Method::PATCH;
+    if apply && !content_type.starts_with("application/apply-patch") {
+        return status_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!(
+                "the fake API server implements only server-side apply patches, not {content_type:?}"
+            ),
+        );
+    }
+    let field_manager = query.get("fieldManager").cloned().unwrap_or_default();
+    if apply && field_manager.is_empty() {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "PATCH is invalid: fieldManager is required for apply requests",
+        );
+    }
+    // JSON is YAML, and kube-rs sends JSON; this fake accepts JSON only.
+    let mut object: Value = match serde_json::from_slice(body) {
+        Ok(object @ Value::Object(_)) => object,
+        _ => {
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the request body is not a JSON object",
+            );
+        }
+    };
+    if object["apiVersion"] != json!(kind.api_version()) || object["kind"] != json!(kind.kind()) {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!(
+                "the body is a {} {}, the path names {} {}",
+                object["apiVersion"],
+                object["kind"],
+                kind.api_version(),
+                kind.kind()
+            ),
+        );
+    }
+    let body_name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = name.unwrap_or_else(|| body_name.clone());
+    if name.is_empty() || body_name != name {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("metadata.name {body_name:?} does not match the name in the path {name:?}"),
+        );
+    }
+    let namespace = namespace.unwrap_or_default();
+    if kind.namespaced() {
+        match object["metadata"]["namespace"].as_str() {
+            None => object["metadata"]["namespace"] = json!(namespace),
+            Some(ns) if ns == namespace => {}
+            Some(ns) => {
+                return status_response(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!(
+                        "metadata.namespace {ns:?} does not match the namespace in the path {namespace:?}"
+                    ),
+                );
+            }
+        }
+    }
+
+    let mut store = shared.lock_store();
+    if kind.namespaced()
+        && !store
+            .objects
+            .contains_key(&(ResourceKind::Namespace, String::new(), namespace.clone()))
+    {
+        return status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("namespaces \"{namespace}\" not found"),
+        );
+    }
+    let key = (kind, namespace.clone(), name.clone());
+    let old = store.objects.get(&key).cloned();
+    if !apply && old.is_some() {
+        return status_response(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            &format!("{} \"{name}\" already exists", kind.plural()),
+        );
+    }
+    if let Some(string_data) = object.get_mut("stringData").map(Value::take) {
+        let data = object["data"].as_object().cloned().unwrap_or_default();
+        let mut data = data;
+        for (k, v) in string_data.as_object().cloned().unwrap_or_default() {
+            data.insert(
+                k,
+                json!(base64_encode(v.as_str().unwrap_or_default().as_bytes())),
+            );
+        }
+        object["data"] = Value::Object(data);
+        if let Some(map) = object.as_object_mut() {
+            map.remove("stringData");
+        }
+    }
+    // What the server owns: identity, status, an assigned node port.
+    if let Some(old) = &old {
+        for field in ["uid", "creationTimestamp"] {
+            object["metadata"][field] = old["metadata"][field].clone();
+        }
+        if !old["status"].is_null() {
+            object["status"] = old["status"].clone();
+        }
+    } else {
+        object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    }
+    if kind == ResourceKind::Service {
+        assign_node_ports(&mut object, old.as_ref());
+    }
+    object["metadata"]["managedFields"] = json!([{
+        "manager": if apply { field_manager.as_str() } else { "unknown" },
+        "operation": if apply { "Apply" } else { "Update" },
+        "apiVersion": kind.api_version(),
+    }]);
+    shared.count_write();
+    if let Some(old) = &old {
+        let mut unchanged = old.clone();
+        unchanged["metadata"]["managedFields"] = object["metadata"]["managedFields"].clone();
+        object["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        if unchanged == object {
+            return json_response(StatusCode::OK, old);
+        }
+    }
+    store.resource_version += 1;
+    let resource_version = store.resource_version;
+    if object["metadata"]["uid"].is_null() {
+        object["metadata"]["uid"] = json!(format!("fake-uid-{resource_version}"));
+    }
+    object["metadata"]["resourceVersion"] = json!(resource_version.to_string());
+    store.objects.insert(key, object.clone());
+    store.record(
+        StoredEvent {
+            resource_version,
+            kind,
+            namespace,
+            event_type: if old.is_some() { "MODIFIED" } else { "ADDED" },
+            object: Arc::new(object.clone()),
+        },
+        &shared.events,
+    );
+    let code = if old.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    json_response(code, &object)
+}
+
+/// Gives every port of a NodePort or LoadBalancer Service a node port (kept from the stored
+/// object, else the next free one from 30000), as the real API server does.
+fn assign_node_ports(object: &mut Value, old: Option<&Value>) {
+    let service_type = object["spec"]["type"].as_str().unwrap_or("ClusterIP");
+    if service_type != "NodePort" && service_type != "LoadBalancer" {
+        return;
+    }
+    let old_ports = old
+        .and_then(|o| o["spec"]["ports"].as_array().cloned())
+        .unwrap_or_default();
+    let Some(ports) = object["spec"]["ports"].as_array_mut() else {
+        return;
+    };
+    for (i, port) in ports.iter_mut().enumerate() {
+        if port["nodePort"].is_null() {
+            let kept = old_ports
+                .iter()
+                .find(|p| p["port"] == port["port"])
+                .map(|p| p["nodePort"].clone())
+                .filter(|p| !p.is_null());
+            port["nodePort"] = kept.unwrap_or_else(|| json!(30000 + i));
+        }
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn forbidden(kind: ResourceKind, verb: &str, namespace: Option<&str>) -> Response {
@@ -927,12 +1323,30 @@ mod tests {
         // Nodes are not namespaced; endpointslices are not in the core group.
         assert_eq!(parse_path("/api/v1/namespaces/prod/nodes"), None);
         assert_eq!(parse_path("/api/v1/endpointslices"), None);
-        assert_eq!(parse_path("/apis/apps/v1/deployments"), None);
+        assert_eq!(
+            parse_path("/apis/apps/v1/namespaces/clustermesh/daemonsets/agent"),
+            Some(Target::Object {
+                kind: ResourceKind::DaemonSet,
+                namespace: Some("clustermesh".into()),
+                name: "agent".into()
+            })
+        );
+        assert_eq!(
+            parse_path("/apis/rbac.authorization.k8s.io/v1/clusterroles/x"),
+            Some(Target::Object {
+                kind: ResourceKind::ClusterRole,
+                namespace: None,
+                name: "x".into()
+            })
+        );
+        assert_eq!(parse_path("/apis/apps/v1/namespaces/x/clusterroles"), None);
+        assert_eq!(parse_path("/apis/batch/v1/jobs"), None);
     }
 
     #[test]
     fn kinds_of_k8s_openapi_types() {
-        use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
+        use k8s_openapi::api::batch::v1::Job;
+        use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
         use k8s_openapi::api::discovery::v1::EndpointSlice;
         assert_eq!(ResourceKind::of::<Service>(), Some(ResourceKind::Service));
         assert_eq!(
@@ -945,6 +1359,15 @@ mod tests {
             ResourceKind::of::<Namespace>(),
             Some(ResourceKind::Namespace)
         );
-        assert_eq!(ResourceKind::of::<ConfigMap>(), None);
+        assert_eq!(ResourceKind::of::<Job>(), None);
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
     }
 }
