@@ -32,13 +32,16 @@ started=$(date +%s)
 say "1. Two clusters, east and west, each with its own etcd, clustermesh-apiserver and an agent per node."
 echo "   Both use pod CIDR 10.244.0.0/16: the same pod IPs exist in both clusters."
 cm up >/dev/null 2>"$(mktemp)"
-cm status | sed -n '/^CLUSTER/,/^$/p'
+cm status | sed -n '/^CLUSTER/,/^$/p' | sed 's/^/   /'
 echo "   The lab connected them (in a real cluster: clustermesh connect): each apiserver mirrors"
 echo "   the other's state, each agent trusts the other cluster's CA in the tunnel."
 
 say "2. A global echo service (clustermesh.io/global: \"true\") with 2 replicas in each cluster."
-cm deploy --cluster east --replicas 2 2>/dev/null | grep -E '^  default/' || true
-cm deploy --cluster west --replicas 2 2>/dev/null | grep -E '^  default/' || true
+printf '   %-8s %-16s %-10s %s\n' CLUSTER POD NODE 'POD IP'
+for cluster in east west; do
+  cm deploy --cluster "$cluster" --replicas 2 2>/dev/null | grep -E '^  default/' |
+    awk -v c="$cluster" '{printf "   %-8s %-16s %-10s %s\n", c, $1, $2, $3}' || true
+done
 VIP=$(grep -m1 -A0 'clusterIP:' "/run/clustermesh-lab/$LAB/clusters/east/manifests/service-default-echo.yaml" | awk '{print $2}')
 echo "   east's echo-0 and west's echo-0 have the same pod IP; west's is reached through the"
 echo "   encrypted node-to-node tunnel, never locally."
@@ -112,7 +115,7 @@ rm -f "$log"
 
 say "6. Tearing the lab down (namespaces, cgroups, pinned eBPF maps, processes)."
 trap - EXIT
-"$BIN/clustermesh" lab down --name "$LAB" 2>/dev/null | tail -1
+"$BIN/clustermesh" lab down --name "$LAB" 2>&1 | tail -1 | sed "s/^/   /"
 echo
 echo "demo finished in $(( $(date +%s) - started )) s. Try it yourself: target/release/clustermesh lab --help"
 if [ "$failed" -ne 0 ]; then
