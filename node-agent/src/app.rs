@@ -39,6 +39,8 @@ pub struct Running {
     session: Option<Arc<Session>>,
     tunnel: Option<AgentTunnel>,
     _liveness: LivenessRecord,
+    /// The clusterset DNS server (`None` with --dns-disable); stops when dropped.
+    dns: Option<crate::dns::DnsServer>,
 }
 
 impl Running {
@@ -61,6 +63,11 @@ impl Running {
     }
 
     /// Where the status endpoints listen (the bound port, if 0 was asked).
+    /// Where the DNS server listens, if it runs.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(crate::dns::DnsServer::local_addr)
+    }
+
     pub fn status_addr(&self) -> std::net::SocketAddr {
         self.status_addr
     }
@@ -192,6 +199,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ),
         _ => None,
     };
+    // DNS: the clusterset zone, fed by the control loop after every programming pass.
+    let (dns, dns_feed) = match &config.dns {
+        Some(settings) => {
+            let (server, feed) = crate::dns::DnsServer::start(settings, &mut registry)
+                .await
+                .context("starting the DNS server")?;
+            (Some(server), Some(feed))
+        }
+        None => (None, None),
+    };
     let registry = Arc::new(Mutex::new(registry));
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (status_addr, http) = status::serve(
@@ -250,6 +267,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         pending_listener,
         liveness: liveness.subscribe(),
         _watches: watches,
+        dns: dns_feed,
     }));
     Ok(Running {
         status: status_rx,
@@ -260,6 +278,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         session: Some(session),
         tunnel,
         _liveness: liveness,
+        dns,
     })
 }
 
@@ -276,6 +295,8 @@ struct ControlLoop {
     pending_listener: Option<std::net::TcpListener>,
     liveness: watch::Receiver<bool>,
     _watches: inputs::Watches,
+    /// Where the DNS server's view is published.
+    dns: Option<crate::dns::DnsFeed>,
 }
 
 /// The loopback listener sk_lookup hands mesh-VIP connections to. `SO_REUSEADDR` so that a
@@ -405,6 +426,14 @@ fn pass(
         inputs.tunnel_address(cluster, node)
     });
     let mut report = report;
+    if let Some(dns) = &cl.dns {
+        let programmer = &cl.programmer;
+        dns.update(crate::dns::zone::DnsView::build(
+            &input,
+            &cl.config.cluster.name,
+            |cluster, ip| programmer.mesh_vip(cluster, ip),
+        ));
+    }
     if let Some(listener) = cl.pending_listener.take() {
         match cl
             .programmer

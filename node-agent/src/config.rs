@@ -164,6 +164,23 @@ pub struct Args {
     /// The gRPC status API on TCP as well (off by default: it needs no network exposure).
     #[arg(long, env = "CLUSTERMESH_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
+
+    /// Where the clusterset DNS server listens, UDP and TCP (default: <node-ip>:53).
+    #[arg(long, env = "CLUSTERMESH_DNS_LISTEN")]
+    pub dns_listen: Option<SocketAddr>,
+    /// The resolver that names outside the zone are forwarded to (in Kubernetes: kube-dns's
+    /// service IP, port 53). Without it they are refused (when kube-dns forwards the zone here).
+    #[arg(long, env = "CLUSTERMESH_DNS_UPSTREAM")]
+    pub dns_upstream: Option<SocketAddr>,
+    /// TTL of every clusterset record and of negative answers.
+    #[arg(long, env = "CLUSTERMESH_DNS_TTL", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub dns_ttl: Duration,
+    /// The zone answered from the merged view.
+    #[arg(long, env = "CLUSTERMESH_DNS_ZONE", default_value = crate::dns::zone::DEFAULT_ZONE)]
+    pub dns_zone: String,
+    /// Run without the DNS server.
+    #[arg(long, env = "CLUSTERMESH_DNS_DISABLE")]
+    pub dns_disable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +209,8 @@ pub enum ConfigError {
     TunnelCredentialsMissing,
     #[error("--trust-domain {0:?} is not a DNS name")]
     TrustDomain(String),
+    #[error("--dns-ttl must be whole seconds between 0s and 1h, not {0:?}")]
+    DnsTtl(Duration),
 }
 
 /// The checked configuration.
@@ -226,6 +245,8 @@ pub struct Config {
     pub status_socket: Option<PathBuf>,
     pub grpc_socket: Option<PathBuf>,
     pub grpc_addr: Option<SocketAddr>,
+    /// `None` with --dns-disable.
+    pub dns: Option<crate::dns::DnsSettings>,
 }
 
 /// The tunnel's part of the configuration.
@@ -285,6 +306,16 @@ impl Config {
         if !is_dns_subdomain(&args.trust_domain) {
             return Err(ConfigError::TrustDomain(args.trust_domain));
         }
+        let dns_ttl = u32::try_from(args.dns_ttl.as_secs())
+            .ok()
+            .filter(|s| *s <= 3600 && args.dns_ttl.subsec_nanos() == 0)
+            .ok_or(ConfigError::DnsTtl(args.dns_ttl))?;
+        let dns = (!args.dns_disable).then(|| crate::dns::DnsSettings {
+            listen: args.dns_listen.unwrap_or(SocketAddr::new(args.node_ip, 53)),
+            upstream: args.dns_upstream,
+            ttl_seconds: dns_ttl,
+            zone: args.dns_zone.clone(),
+        });
         let tunnel_address = args
             .tunnel_address
             .unwrap_or(SocketAddr::new(args.node_ip, DEFAULT_TUNNEL_PORT));
@@ -343,6 +374,7 @@ impl Config {
             status_socket: args.status_socket,
             grpc_socket: (args.grpc_socket.as_os_str() != "none").then_some(args.grpc_socket),
             grpc_addr: args.grpc_addr,
+            dns,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! [`mesh_vip::TunnelTable`] this agent publishes.
 //!
 //! - `config`: flags and `CLUSTERMESH_*` environment, checked into a `Config`;
+//! - `dns`: the `clusterset.local` DNS server (pure zone logic in `dns::zone`);
 //! - `inputs`: the etcd watches and the state they build;
 //! - `merge`: the pure merge of local and peer services into desired frontends;
 //! - `mesh_vip`: mesh VIP allocation and the tunnel table;
@@ -17,6 +18,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dns;
 pub mod inputs;
 pub mod liveness;
 pub mod merge;
