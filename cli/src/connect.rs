@@ -32,6 +32,8 @@ pub enum ConnectionMode {
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
+    #[command(flatten)]
+    pub targets: crate::target::TargetOptions,
     /// The source cluster: a kubeconfig context, or lab:<cluster> [default: the current
     /// context].
     #[arg(long)]
@@ -48,6 +50,8 @@ pub struct ConnectArgs {
 
 #[derive(Debug, Args)]
 pub struct DisconnectArgs {
+    #[command(flatten)]
+    pub targets: crate::target::TargetOptions,
     /// The source cluster [default: the current context].
     #[arg(long)]
     pub context: Option<String>,

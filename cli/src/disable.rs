@@ -12,6 +12,8 @@ use crate::target::{ContextName, TargetOptions};
 
 #[derive(Debug, Args)]
 pub struct DisableArgs {
+    #[command(flatten)]
+    pub targets: crate::target::TargetOptions,
     /// The cluster: a kubeconfig context, or lab:<cluster> [default: the current context].
     #[arg(long)]
     pub context: Option<String>,

@@ -66,6 +66,8 @@ pub struct MeshArgs {
 
 #[derive(Debug, Args)]
 pub struct EnableArgs {
+    #[command(flatten)]
+    pub targets: crate::target::TargetOptions,
     /// The cluster: a kubeconfig context, or lab:<cluster> [default: the current context].
     #[arg(long)]
     pub context: Option<String>,
@@ -79,6 +81,8 @@ pub struct EnableArgs {
 
 #[derive(Debug, Args)]
 pub struct ManifestsArgs {
+    #[command(flatten)]
+    pub targets: crate::target::TargetOptions,
     /// Read the certificates, nodes and load balancer address from this cluster (read-only),
     /// so that the output equals what `enable` applies there. Without it, a new CA (or
     /// --ca-cert) and the nodes given with --node are used.

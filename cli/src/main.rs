@@ -14,6 +14,7 @@ mod lab;
 mod lab_target;
 mod manifests;
 mod pki;
+mod status;
 mod target;
 
 #[derive(Debug, Parser)]
@@ -30,8 +31,6 @@ mod target;
                   cgroups, pods, a routed WAN, one etcd per cluster)."
 )]
 struct Cli {
-    #[command(flatten)]
-    targets: target::TargetOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +70,15 @@ enum Command {
     Disconnect(connect::DisconnectArgs),
     /// Remove what `enable` made. Refuses while peers are connected, unless --force.
     Disable(disable::DisableArgs),
+    /// Is the mesh healthy? Per cluster: apiserver, etcd, agents; per peer: connected,
+    /// synced, counts, last error, how many nodes see it.
+    ///
+    /// Prints a verdict per cluster, then only what is wrong with what to do about it.
+    /// --wait polls until healthy (progress on stderr). Exit code 0 only when every cluster
+    /// is healthy. For lab:<cluster> it reads the apiserver's gRPC status and every agent's
+    /// /status inside the lab's namespaces; for a Kubernetes context, the Deployment and
+    /// DaemonSet readiness and the configured peers.
+    Status(status::StatusArgs),
     /// Build and drive whole clusters on this machine (needs root).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -81,7 +89,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
-        command => runtime().and_then(|rt| rt.block_on(run(&cli.targets, command))),
+        command => runtime().and_then(|rt| rt.block_on(run(command))),
     };
     match result {
         Ok(code) => code,
@@ -99,13 +107,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn run(targets: &target::TargetOptions, command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Enable(args) => enable::enable(targets, &args).await,
-        Command::Manifests(args) => enable::manifests(targets, &args).await,
-        Command::Connect(args) => connect::connect(targets, &args).await,
-        Command::Disconnect(args) => connect::disconnect(targets, &args).await,
-        Command::Disable(args) => disable::disable(targets, &args).await,
+        Command::Enable(args) => enable::enable(&args.targets, &args).await,
+        Command::Manifests(args) => enable::manifests(&args.targets, &args).await,
+        Command::Connect(args) => connect::connect(&args.targets, &args).await,
+        Command::Disconnect(args) => connect::disconnect(&args.targets, &args).await,
+        Command::Disable(args) => disable::disable(&args.targets, &args).await,
+        Command::Status(args) => status::status(&args.targets, &args).await,
         Command::Lab(_) => unreachable!("lab commands run without the async runtime"),
     }
 }

@@ -14,7 +14,7 @@ use crate::kube_target::KubeTarget;
 #[derive(Debug, Clone, Args)]
 pub struct TargetOptions {
     /// The kubeconfig to read contexts from [default: $KUBECONFIG, else ~/.kube/config].
-    #[arg(long, global = true, env = "KUBECONFIG")]
+    #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// For lab:<cluster> contexts: the lab's name (see `clustermesh lab up --name`).
     #[arg(
@@ -25,7 +25,7 @@ pub struct TargetOptions {
     )]
     pub lab_name: String,
     /// For lab:<cluster> contexts: the lab's state directory [default: /run/clustermesh-lab/<lab>].
-    #[arg(long, global = true, env = "CLUSTERMESH_LAB_STATE_DIR")]
+    #[arg(long, env = "CLUSTERMESH_LAB_STATE_DIR")]
     pub lab_state_dir: Option<PathBuf>,
 }
 
