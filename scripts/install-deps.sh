@@ -24,8 +24,8 @@ done
 [ -f /usr/include/asm/types.h ] || [ -d /usr/include/x86_64-linux-gnu/asm ] || missing+=(linux-libc-dev)
 
 # stunnel4 and haproxy are the baselines of the tunnel benchmark; nsenter (util-linux) runs
-# the lab's processes in their node namespaces.
-for pair in stunnel4:stunnel4 haproxy:haproxy nsenter:util-linux; do
+# the lab's processes in their node namespaces; dnsperf drives the DNS benchmark.
+for pair in stunnel4:stunnel4 haproxy:haproxy nsenter:util-linux dnsperf:dnsperf; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 # `terraform fmt` runs from a virtualenv (below), which needs the venv module.

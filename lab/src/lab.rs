@@ -32,6 +32,8 @@ use crate::topology::{self, ClusterPlan, Naming, Topology, TopologyError, nth_ho
 pub const DEFAULT_STATE_ROOT: &str = "/run/clustermesh-lab";
 /// etcd's client port on every cluster's etcd.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// Where each node's agent forwards DNS names outside its zone (loopback in the node's namespace).
+pub const LAB_DNS_UPSTREAM: &str = "127.0.0.1:5353";
 
 /// What can go wrong with a lab.
 #[derive(Debug, thiserror::Error)]
@@ -561,6 +563,10 @@ impl Lab {
             pki.node_key(&node.name).display().to_string(),
         );
         put("CLUSTERMESH_TUNNEL_CA", pki.ca().display().to_string());
+        // The agent's DNS server forwards names outside clusterset.local to the lab's stand-in
+        // for kube-dns: whatever answers on loopback port 5353 in the node's namespace (nothing
+        // by default, so such names get SERVFAIL; the DNS end-to-end test starts one).
+        put("CLUSTERMESH_DNS_UPSTREAM", LAB_DNS_UPSTREAM.to_owned());
         // Every lab node shares the host's filesystem: one gRPC socket per node.
         put(
             "CLUSTERMESH_GRPC_SOCKET",

@@ -421,6 +421,10 @@ fn pass(
         *current = shared;
         changed
     });
+    if cl.dns.is_some() {
+        cl.programmer
+            .set_direct_remotes(crate::dns::zone::headless_remote_backends(&input));
+    }
     let inputs = &cl.inputs;
     let report = cl.programmer.apply(&desired, |cluster, node| {
         inputs.tunnel_address(cluster, node)

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::merge::{BackendLocation, Desired};
+use crate::merge::{BackendLocation, Desired, MergedBackend};
 use crate::mesh_vip::{MeshVipAllocator, MeshVipError, RemoteKey, TunnelTable, TunnelTarget};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,9 @@ pub struct Programmer<T> {
     current: BTreeMap<Frontend, Service>,
     vips: MeshVipAllocator,
     tunnel: watch::Sender<TunnelTable>,
+    /// Remote backends that clients dial at their mesh VIP directly rather than through a
+    /// service frontend: those of headless global services, which DNS hands out.
+    direct_remotes: Vec<MergedBackend>,
 }
 
 impl<T: ServiceTable> Programmer<T> {
@@ -102,7 +105,14 @@ impl<T: ServiceTable> Programmer<T> {
             current,
             vips: MeshVipAllocator::new(mesh_vip_ranges),
             tunnel: watch::channel(TunnelTable::default()).0,
+            direct_remotes: Vec::new(),
         })
+    }
+
+    /// Sets the remote backends the next passes give mesh VIPs (and tunnel targets) to without
+    /// a frontend: the backends of headless services.
+    pub fn set_direct_remotes(&mut self, backends: Vec<MergedBackend>) {
+        self.direct_remotes = backends;
     }
 
     /// The tunnel's view of the mesh VIPs (see [`TunnelTable`]).
@@ -148,6 +158,7 @@ impl<T: ServiceTable> Programmer<T> {
         let wanted: BTreeSet<RemoteKey> = desired
             .values()
             .flat_map(|f| f.active())
+            .chain(self.direct_remotes.iter())
             .filter_map(|b| match &b.location {
                 BackendLocation::Remote { cluster } => Some(RemoteKey {
                     cluster: cluster.clone(),
@@ -211,6 +222,30 @@ impl<T: ServiceTable> Programmer<T> {
             );
         }
 
+        for backend in &self.direct_remotes {
+            let BackendLocation::Remote { cluster } = &backend.location else {
+                continue;
+            };
+            let key = RemoteKey {
+                cluster: cluster.clone(),
+                ip: backend.addr.ip(),
+            };
+            let Some(vip) = self.vips.get(&key) else {
+                continue;
+            };
+            let target = table.targets.entry(vip).or_insert_with(|| TunnelTarget {
+                cluster: cluster.clone(),
+                backend_ip: backend.addr.ip(),
+                ports: BTreeSet::new(),
+                node: backend.node.clone(),
+                tunnel_address: backend
+                    .node
+                    .as_deref()
+                    .and_then(|n| tunnel_address(cluster, n)),
+            });
+            target.ports.insert(backend.addr.port());
+        }
+
         // New VIPs are known to the tunnel before a service sends connections to them.
         let mut union = self.tunnel.borrow().clone();
         union.targets.extend(table.targets.clone());
@@ -271,7 +306,7 @@ impl<T: ServiceTable> Programmer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::{MergedBackend, MergedFrontend, ServiceName};
+    use crate::merge::{MergedFrontend, ServiceName};
     use clustermesh_ebpf::Protocol;
 
     /// A service table in memory that counts writes.
@@ -368,6 +403,33 @@ mod tests {
             Some("192.168.2.2:4244".parse().unwrap())
         );
         assert_eq!(report.backends_by_cluster["east"], 1);
+    }
+
+    #[test]
+    fn direct_remotes_get_mesh_vips_and_tunnel_targets_without_a_frontend() {
+        let mut p = Programmer::adopt(Fake::default(), &ranges()).unwrap();
+        let tunnel = p.subscribe_tunnel_table();
+        let east = ClusterName::new("east").unwrap();
+        p.set_direct_remotes(vec![MergedBackend {
+            location: BackendLocation::Remote {
+                cluster: east.clone(),
+            },
+            addr: "10.1.0.9:5432".parse().unwrap(),
+            node: Some("node-1".into()),
+            active: true,
+        }]);
+        let report = p.apply(&Desired::new(), |_, _| {
+            Some("192.168.2.2:4244".parse().unwrap())
+        });
+        assert!(report.errors.is_empty(), "{report:?}");
+        assert!(p.table().services.is_empty(), "no frontend is programmed");
+        let vip = p.mesh_vip(&east, "10.1.0.9".parse().unwrap()).unwrap();
+        assert_eq!(tunnel.borrow().targets[&vip].ports, BTreeSet::from([5432]));
+        // Gone from the list: the VIP and its target go too.
+        p.set_direct_remotes(Vec::new());
+        p.apply(&Desired::new(), |_, _| None);
+        assert_eq!(p.mesh_vip(&east, "10.1.0.9".parse().unwrap()), None);
+        assert!(tunnel.borrow().targets.is_empty());
     }
 
     #[test]

@@ -189,6 +189,45 @@ impl DnsView {
     }
 }
 
+/// The ready TCP backends of peers' headless services on nodes with a live agent: clients get
+/// their mesh VIPs from DNS and dial them directly, so they need mesh VIPs and tunnel targets
+/// without any service frontend (see `Programmer::set_direct_remotes`).
+pub fn headless_remote_backends(input: &MergeInput) -> Vec<crate::merge::MergedBackend> {
+    let mut out = Vec::new();
+    for peer in &input.peers {
+        for service in peer.effective().into_iter().flat_map(|s| s.values()) {
+            if !(service.shared && service.headless) {
+                continue;
+            }
+            for backend in &service.backends {
+                let live = backend
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| peer.live_nodes.contains(n));
+                if !(backend.ready && live) {
+                    continue;
+                }
+                for port in backend.ports.values() {
+                    if port.protocol != Protocol::Tcp {
+                        continue; // the tunnel carries TCP streams only
+                    }
+                    out.push(crate::merge::MergedBackend {
+                        location: crate::merge::BackendLocation::Remote {
+                            cluster: peer.name.clone(),
+                        },
+                        addr: std::net::SocketAddr::new(backend.ip, port.port),
+                        node: backend.node.clone(),
+                        active: true,
+                    });
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// What to do with a question.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
@@ -829,6 +868,33 @@ mod tests {
             RecordType::A,
         );
         assert_eq!(text(r).0, ResponseCode::ServFail);
+    }
+
+    #[test]
+    fn headless_remote_backends_need_mesh_vips() {
+        let input = MergeInput {
+            peers: vec![PeerInput {
+                name: cluster("east"),
+                synced: true,
+                current: Arc::new(map(vec![
+                    service(
+                        "east",
+                        "db",
+                        &[],
+                        &[("10.2.0.5", None, "e1"), ("10.2.0.6", None, "dead")],
+                    ),
+                    service("east", "echo", &["10.96.0.1"], &[("10.2.0.7", None, "e1")]),
+                ])),
+                last_synced: None,
+                live_nodes: ["e1".to_owned()].into(),
+            }],
+            ..MergeInput::default()
+        };
+        let backends: Vec<String> = headless_remote_backends(&input)
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        assert_eq!(backends, ["10.2.0.5:8080"]);
     }
 
     #[test]
