@@ -284,6 +284,29 @@ impl KubeTarget {
         })
     }
 
+    /// The API server's clock, from the `Date` header of a `GET /version`.
+    pub async fn server_date(&self) -> Result<std::time::SystemTime, KubeError> {
+        let request = http::Request::get("/version")
+            .body(kube::client::Body::empty())
+            .expect("a constant request is valid");
+        let response = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| self.error("read its clock", e))?;
+        let header = response
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        parse_http_date(&header).ok_or_else(|| KubeError::Refused {
+            context: self.context.clone(),
+            action: "tell its clock".into(),
+            message: format!("no usable Date header ({header:?})"),
+        })
+    }
+
     /// Deletes one object; returns whether it existed.
     pub async fn delete(
         &self,
@@ -301,6 +324,28 @@ impl KubeTarget {
     }
 }
 
+/// `Sat, 05 Dec 2026 08:25:32 GMT` (RFC 9110 IMF-fixdate).
+pub fn parse_http_date(text: &str) -> Option<std::time::SystemTime> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [_, day, month, year, clock, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? as u8 + 1;
+    let date = time::Date::from_calendar_date(
+        year.parse().ok()?,
+        time::Month::try_from(month).ok()?,
+        day.parse().ok()?,
+    )
+    .ok()?;
+    let mut hms = clock.split(':').map(|p| p.parse::<u8>().ok());
+    let time = time::Time::from_hms(hms.next()??, hms.next()??, hms.next()??).ok()?;
+    let secs = date.with_time(time).assume_utc().unix_timestamp();
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
 /// An error with its sources, on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -314,4 +359,17 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_dates_parse() {
+        let t = super::parse_http_date("Sat, 05 Dec 2026 08:25:32 GMT").unwrap();
+        assert_eq!(
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+            1_796_459_132
+        );
+        assert!(super::parse_http_date("yesterday").is_none());
+    }
 }

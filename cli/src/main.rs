@@ -16,6 +16,7 @@ mod manifests;
 mod pki;
 mod status;
 mod target;
+mod troubleshoot;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +80,12 @@ enum Command {
     /// /status inside the lab's namespaces; for a Kubernetes context, the Deployment and
     /// DaemonSet readiness and the configured peers.
     Status(status::StatusArgs),
+    /// Go further than status: certificate expiry, clock skew, tunnel reachability node to
+    /// node, per-node sync state, the top validation errors; each finding with what to do.
+    ///
+    /// Exit code 0 when nothing is an error (warnings allowed). Give several --context to
+    /// compare the clusters' clocks.
+    Troubleshoot(troubleshoot::TroubleshootArgs),
     /// Build and drive whole clusters on this machine (needs root).
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -115,6 +122,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Disconnect(args) => connect::disconnect(&args.targets, &args).await,
         Command::Disable(args) => disable::disable(&args.targets, &args).await,
         Command::Status(args) => status::status(&args.targets, &args).await,
+        Command::Troubleshoot(args) => troubleshoot::troubleshoot(&args.targets, &args).await,
         Command::Lab(_) => unreachable!("lab commands run without the async runtime"),
     }
 }

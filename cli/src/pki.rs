@@ -27,6 +27,10 @@ pub enum PkiError {
         "the CA given for {what} is not usable: {reason}; pass a PEM CA certificate and its PEM private key"
     )]
     BadCa { what: String, reason: String },
+    #[error(
+        "the CA in {what} expired on {when}; give a valid CA with --ca-cert/--ca-key, or run `clustermesh disable` and `enable` again for a new one (and connect the peers again)"
+    )]
+    ExpiredCa { what: String, when: String },
     #[error("{what} is not a PEM certificate: {reason}")]
     BadCertificate { what: String, reason: String },
 }
@@ -107,6 +111,12 @@ impl Ca {
             return Err(bad(
                 "the certificate is not a CA (basicConstraints CA:FALSE)".into(),
             ));
+        }
+        if info.remaining(SystemTime::now()).is_zero() {
+            return Err(PkiError::ExpiredCa {
+                what: what.to_owned(),
+                when: humantime::format_rfc3339_seconds(info.not_after).to_string(),
+            });
         }
         let key = KeyPair::from_pem(&pem.key).map_err(|e| bad(format!("the key: {e}")))?;
         let issuer = Issuer::from_ca_cert_pem(&pem.cert, key).map_err(|e| bad(format!("{e}")))?;
@@ -312,5 +322,25 @@ mod tests {
         assert!(again.issue(&spec).is_ok());
         let not_a_ca = Ca::load(leaf, "a leaf");
         assert!(matches!(not_a_ca, Err(PkiError::BadCa { .. })));
+    }
+
+    #[test]
+    fn an_expired_ca_is_refused_in_one_sentence() {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.not_before = OffsetDateTime::now_utc() - time::Duration::days(30);
+        params.not_after = OffsetDateTime::now_utc() - time::Duration::days(1);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = KeyPairPem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        let err = Ca::load(pem, "--ca-cert old.pem").unwrap_err().to_string();
+        assert!(
+            err.starts_with("the CA in --ca-cert old.pem expired on "),
+            "{err}"
+        );
+        assert!(err.contains("give a valid CA"), "{err}");
     }
 }

@@ -735,3 +735,99 @@ async fn mesh_mode_connects_every_pair() {
         }
     }
 }
+
+/// A CA certificate and key that expired yesterday.
+fn expired_ca() -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "old CA");
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(400);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_named_with_what_to_do() {
+    let cluster = Cluster::start(&["node-1"]).await;
+    let kc = &cluster.kubeconfig;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = expired_ca();
+    let (cert_path, key_path) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let mut args = ENABLE_EAST.to_vec();
+    args.extend([
+        "--ca-cert",
+        cert_path.to_str().unwrap(),
+        "--ca-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let e = err(&cli(kc, &args).await);
+    assert!(
+        e.contains("expired on") && e.contains("give a valid CA"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+
+    // troubleshoot names an expired certificate in the cluster and says how to renew it.
+    ok(cli(kc, ENABLE_EAST).await);
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some("clustermesh-apiserver-tls".into());
+    secret.metadata.namespace = Some("clustermesh".into());
+    secret.data = Some(
+        [(
+            "tls.crt".to_string(),
+            k8s_openapi::ByteString(cert.into_bytes()),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    cluster.fake.apply(&secret);
+    let out = cli(kc, &["troubleshoot", "--context", "fake"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(
+            "FAIL [certificates] east: clustermesh-apiserver-tls/tls.crt (CN old CA) EXPIRED on"
+        ),
+        "{table}"
+    );
+    assert!(
+        table.contains("fix: run `clustermesh enable --context fake`"),
+        "{table}"
+    );
+    assert!(
+        table.contains("ok   [certificates] east: clustermesh-etcd-server-tls/tls.crt"),
+        "{table}"
+    );
+
+    // ...and enable renews it.
+    let out = ok(cli(kc, &ENABLE_EAST[..3]).await);
+    assert!(
+        out.contains("Secret clustermesh/clustermesh-apiserver-tls configured"),
+        "{out}"
+    );
+    let out = cli(kc, &["troubleshoot", "--context", "fake", "-o", "json"]).await;
+    let findings: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["check"] != "certificates" || f["severity"] == "ok"),
+        "{findings}"
+    );
+
+    // Status of a Kubernetes cluster whose pods are not ready: not healthy, exit code 1.
+    let out = cli(kc, &["status", "--context", "fake"]).await;
+    assert!(!out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("east (ID 1, fake): NOT HEALTHY"),
+        "{table}"
+    );
+}

@@ -217,6 +217,20 @@ fn enable_connect_status_disconnect_disable_in_the_lab() {
         "{out}"
     );
 
+    let out = lab.ok(&[
+        "troubleshoot",
+        "--context",
+        "lab:east",
+        "--context",
+        "lab:west",
+    ]);
+    assert!(out.starts_with("0 error(s)"), "{out}");
+    assert!(
+        out.contains("[tunnel] east: east/east-1 reaches west/west-1"),
+        "{out}"
+    );
+    assert!(out.contains("[clock] east/west"), "{out}");
+
     // A global service with pods in both clusters answers from both.
     lab.ok(&[
         "lab",
