@@ -831,3 +831,86 @@ async fn an_expired_certificate_is_named_with_what_to_do() {
         "{table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancer_address_goes_into_the_etcd_certificate_and_the_peer_entry() {
+    let mesh = Mesh::start(&["east", "west"]).await;
+    let kc = mesh.kubeconfig.clone();
+    // enable waits for the load balancer's address; give it one while it waits.
+    let enable = tokio::spawn(async move {
+        cli(
+            &kc,
+            &[
+                "enable",
+                "--context",
+                "east",
+                "--cluster-name",
+                "east",
+                "--cluster-id",
+                "1",
+                "--wait-for-address",
+                "30s",
+            ],
+        )
+        .await
+    });
+    let east = mesh.fake("east");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while east
+        .get(ResourceKind::Service, "clustermesh", "clustermesh-etcd")
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "enable did not create the Service"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    east.set_status(
+        ResourceKind::Service,
+        "clustermesh",
+        "clustermesh-etcd",
+        serde_json::json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}),
+    );
+    let out = ok(enable.await.unwrap());
+    assert!(
+        out.contains("Secret clustermesh/clustermesh-etcd-server-tls configured"),
+        "the etcd certificate was not re-issued with the address: {out}"
+    );
+    let secret = east
+        .get(
+            ResourceKind::Secret,
+            "clustermesh",
+            "clustermesh-etcd-server-tls",
+        )
+        .unwrap();
+    let pem = secret_text(&secret, "tls.crt");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let sans = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
+    assert!(
+        sans.contains("203.0.113.7") || sans.contains("[203, 0, 113, 7]"),
+        "{sans}"
+    );
+    // Again: nothing changes.
+    let out = ok(cli(&mesh.kubeconfig, &["enable", "--context", "east"]).await);
+    assert!(out.contains("nothing changed"), "{out}");
+
+    mesh.enable("west", "west", 2, "192.0.2.2").await;
+    ok(cli(
+        &mesh.kubeconfig,
+        &[
+            "connect",
+            "--context",
+            "west",
+            "--destination-context",
+            "east",
+        ],
+    )
+    .await);
+    let entry = secret_text(&mesh.peers("west").unwrap(), "east.yaml");
+    assert!(entry.contains("https://203.0.113.7:2379"), "{entry}");
+}
