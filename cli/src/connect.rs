@@ -265,6 +265,7 @@ impl KubeCluster {
             load_balancer_addresses: load_balancer,
             image: get("image"),
             etcd_image: get("etcd-image"),
+            agent_priority_class: get("agent-priority-class"),
             nodes: vec![],
         };
         Ok(KubeCluster {

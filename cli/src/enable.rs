@@ -55,6 +55,11 @@ pub struct MeshArgs {
     /// registry.k8s.io/etcd:3.5.21-0].
     #[arg(long)]
     pub etcd_image: Option<String>,
+    /// Priority class of the node agents ("" for none; some clusters allow
+    /// system-node-critical only in kube-system) [default: as enabled before, else
+    /// system-node-critical].
+    #[arg(long)]
+    pub agent_priority_class: Option<String>,
     /// Bring your own cluster CA: its PEM certificate (with --ca-key) [default: the CA the
     /// cluster already has, else a new one].
     #[arg(long, requires = "ca_key")]
@@ -221,6 +226,11 @@ fn settings(mesh: &MeshArgs, existing: &Existing, nodes: Vec<String>) -> Result<
             .clone()
             .or_else(|| had("etcd-image"))
             .unwrap_or_else(|| "registry.k8s.io/etcd:3.5.21-0".into()),
+        agent_priority_class: mesh
+            .agent_priority_class
+            .clone()
+            .or_else(|| config.get("agent-priority-class").cloned())
+            .unwrap_or_else(|| "system-node-critical".into()),
         nodes,
     })
 }

@@ -78,6 +78,8 @@ pub struct MeshSettings {
     pub load_balancer_addresses: Vec<String>,
     pub image: String,
     pub etcd_image: String,
+    /// Priority class of the agents; empty for none.
+    pub agent_priority_class: String,
     /// The nodes that get an agent certificate.
     pub nodes: Vec<String>,
 }
@@ -203,6 +205,17 @@ fn hash(parts: &[&str]) -> String {
 /// leaves; no pod mounts it); one agent certificate per node (`<node>.crt`), so that each agent
 /// is its own etcd user and tunnel identity, as the apiserver's security model expects.
 pub fn render(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
+    let mut objects = render_objects(settings, certs);
+    if !settings.agent_priority_class.is_empty()
+        && let Some(daemonset) = objects.iter_mut().find(|o| o["kind"] == "DaemonSet")
+    {
+        daemonset["spec"]["template"]["spec"]["priorityClassName"] =
+            json!(settings.agent_priority_class);
+    }
+    objects
+}
+
+fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
     let name = &settings.cluster_name;
     let ns = &settings.namespace;
     let common = json!({
@@ -314,6 +327,7 @@ pub fn render(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
                 "node-port": settings.node_port.map(|p| p.to_string()).unwrap_or_default(),
                 "image": settings.image,
                 "etcd-image": settings.etcd_image,
+                "agent-priority-class": settings.agent_priority_class,
             },
         }),
         json!({
@@ -455,7 +469,6 @@ pub fn render(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
                         "automountServiceAccountToken": false,
                         "hostNetwork": true,
                         "dnsPolicy": "ClusterFirstWithHostNet",
-                        "priorityClassName": "system-node-critical",
                         "nodeSelector": {"kubernetes.io/os": "linux"},
                         "terminationGracePeriodSeconds": 30,
                         "tolerations": [{"operator": "Exists"}],

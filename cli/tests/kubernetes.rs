@@ -168,6 +168,7 @@ async fn enable_applies_the_objects_and_twice_changes_nothing() {
         .unwrap();
     let pod = &daemonset["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
     assert_eq!(pod["containers"][0]["securityContext"]["privileged"], true);
     let mounts = pod["containers"][0]["volumeMounts"].to_string();
     assert!(
@@ -301,6 +302,23 @@ async fn manifests_equal_what_enable_applied() {
     )
     .await);
     assert!(yaml.contains("w1.crt") && yaml.contains("--cluster-name=west"));
+    assert!(yaml.contains("priorityClassName: system-node-critical"));
+    let yaml = ok(cli(
+        &cluster.kubeconfig,
+        &[
+            "manifests",
+            "--cluster-name",
+            "west",
+            "--cluster-id",
+            "2",
+            "--node",
+            "w1",
+            "--agent-priority-class",
+            "",
+        ],
+    )
+    .await);
+    assert!(!yaml.contains("priorityClassName"), "{yaml}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
