@@ -80,6 +80,7 @@ fn api_resource(api_version: &str, kind: &str) -> ApiResource {
         "Deployment" => "deployments".into(),
         "DaemonSet" => "daemonsets".into(),
         "Node" => "nodes".into(),
+        "Pod" => "pods".into(),
         other => format!("{}s", other.to_lowercase()),
     };
     ApiResource {
@@ -242,6 +243,25 @@ impl KubeTarget {
                 .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
                 .collect(),
         ))
+    }
+
+    /// Every object of a kind in a namespace.
+    pub async fn list(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<Vec<Value>, KubeError> {
+        let api = self.api(api_version, kind, namespace);
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(|e| self.error(&format!("list {kind} in {namespace}"), e))?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .collect())
     }
 
     /// The names of the cluster's nodes.

@@ -183,6 +183,14 @@ impl ClusterReport {
                     format!("node {}: the agent does not answer", node.node),
                     format!("is it running? read its log ({agent_logs})"),
                 );
+            } else if !node.ready && node.waiting_for.is_empty() && !node.last_error.is_empty() {
+                self.problem(
+                    format!(
+                        "node {}: the agent is not ready ({})",
+                        node.node, node.last_error
+                    ),
+                    format!("read its log ({agent_logs})"),
+                );
             } else if !node.ready {
                 let waiting = if node.waiting_for.is_empty() {
                     "its first sync".to_string()
@@ -457,9 +465,10 @@ pub fn fill_node(row: &mut NodeReport, status: Value) {
 }
 
 /// What `status` can see of a Kubernetes cluster without reaching into its pods: the
-/// Deployment's and DaemonSet's readiness and the configured peers. (The apiserver's and
-/// agents' own status APIs listen on loopback in their pods; reading them needs a port
-/// forward, which this CLI does not do yet.)
+/// readiness of the apiserver pod's two containers (etcd, apiserver) and of every agent pod
+/// (per node, with why it waits), and the configured peers. (The apiserver's and agents' own
+/// status APIs listen on loopback in their pods; reading them needs a port forward, which
+/// this CLI does not do yet.)
 pub async fn collect_kube(target: &KubeTarget, namespace: &str) -> Result<ClusterReport> {
     let cluster = crate::connect::KubeCluster::read(target.clone(), namespace).await;
     let (name, id, peers) = match &cluster {
@@ -495,22 +504,63 @@ pub async fn collect_kube(target: &KubeTarget, namespace: &str) -> Result<Cluste
         cluster_id: id,
         ..Default::default()
     };
-    let deployment = target
-        .get("apps/v1", "Deployment", namespace, manifests::APISERVER)
-        .await?
-        .unwrap_or(Value::Null);
-    let ready = deployment["status"]["readyReplicas"].as_u64().unwrap_or(0);
-    report.apiserver_ready = ready >= 1;
-    report.etcd_healthy = report.apiserver_ready;
-    report.apiserver = format!(
-        "Deployment {namespace}/{}: {ready}/1 ready (etcd runs in the same pod)",
-        manifests::APISERVER
-    );
-    report.etcd = if report.etcd_healthy {
-        "ready (readiness probe)".into()
-    } else {
-        "its pod is not ready".into()
+    // The pods say more than the Deployment and DaemonSet: which container is not ready,
+    // why it waits, on which node.
+    let pods = target.list("v1", "Pod", namespace).await?;
+    let of = |app: &str| -> Vec<&Value> {
+        pods.iter()
+            .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == app)
+            .collect()
     };
+    let apiserver_pods = of(manifests::APISERVER);
+    let container = |pod: &Value, name: &str| -> (bool, String) {
+        let status = pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let ready = status["ready"].as_bool().unwrap_or(false);
+        let detail = if ready {
+            "ready".to_string()
+        } else if let Some(reason) = status["state"]["waiting"]["reason"].as_str() {
+            let message = status["state"]["waiting"]["message"].as_str().unwrap_or("");
+            format!("waiting: {reason} {message}").trim().to_string()
+        } else if status.is_null() {
+            format!(
+                "no status yet (pod phase {})",
+                pod["status"]["phase"].as_str().unwrap_or("unknown")
+            )
+        } else {
+            "running, not ready".to_string()
+        };
+        let restarts = status["restartCount"].as_u64().unwrap_or(0);
+        if restarts > 0 {
+            (ready, format!("{detail}, {restarts} restart(s)"))
+        } else {
+            (ready, detail)
+        }
+    };
+    match apiserver_pods.first() {
+        None => {
+            report.apiserver = format!(
+                "no pod of Deployment {namespace}/{} (kubectl -n {namespace} describe deployment {})",
+                manifests::APISERVER,
+                manifests::APISERVER
+            );
+            report.etcd = "no pod".into();
+        }
+        Some(pod) => {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            let (apiserver_ready, apiserver) = container(pod, "apiserver");
+            let (etcd_ready, etcd) = container(pod, "etcd");
+            report.apiserver_ready = apiserver_ready;
+            report.apiserver = format!("pod {name}: {apiserver}");
+            report.etcd_healthy = etcd_ready;
+            report.etcd = format!("pod {name}: {etcd}");
+        }
+    }
     let daemonset = target
         .get("apps/v1", "DaemonSet", namespace, manifests::AGENT)
         .await?
@@ -518,24 +568,40 @@ pub async fn collect_kube(target: &KubeTarget, namespace: &str) -> Result<Cluste
     let desired = daemonset["status"]["desiredNumberScheduled"]
         .as_u64()
         .unwrap_or(0);
-    let ready_agents = daemonset["status"]["numberReady"].as_u64().unwrap_or(0);
-    for i in 0..desired {
+    let agent_pods = of(manifests::AGENT);
+    for pod in &agent_pods {
+        let (ready, detail) = container(pod, "agent");
         report.nodes.push(NodeReport {
-            node: format!("agent {}", i + 1),
-            reachable: i < ready_agents,
-            ready: i < ready_agents,
+            node: pod["spec"]["nodeName"]
+                .as_str()
+                .or(pod["metadata"]["name"].as_str())
+                .unwrap_or_default()
+                .to_string(),
+            reachable: true,
+            ready,
+            last_error: if ready { String::new() } else { detail },
             ..Default::default()
         });
     }
-    if desired == 0 {
+    report.nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    if agent_pods.is_empty() {
         report.problem(
+            format!("DaemonSet {namespace}/{} runs no pod", manifests::AGENT),
             format!(
-                "DaemonSet {namespace}/{} runs on no node",
+                "check its node selector, priority class and image (`kubectl -n {namespace} describe daemonset {}`)",
                 manifests::AGENT
             ),
-            "check its node selector and that the image can be pulled (`kubectl -n clustermesh describe daemonset clustermesh-agent`)",
+        );
+    } else if (agent_pods.len() as u64) < desired {
+        report.problem(
+            format!("only {} of {desired} agent pods exist", agent_pods.len()),
+            format!(
+                "`kubectl -n {namespace} describe daemonset {}` says why",
+                manifests::AGENT
+            ),
         );
     }
+    let ready_agents = report.nodes.iter().filter(|n| n.ready).count();
     for (peer, _) in peers {
         // Configured; whether it is connected needs the apiserver's status API.
         report.peers.push(PeerReport {
@@ -555,7 +621,7 @@ pub async fn collect_kube(target: &KubeTarget, namespace: &str) -> Result<Cluste
     );
     // Without per-node status every ready agent counts as seeing every peer.
     for peer in &mut report.peers {
-        peer.nodes_synced = ready_agents as usize;
+        peer.nodes_synced = ready_agents;
     }
     Ok(report)
 }

@@ -932,3 +932,80 @@ async fn a_load_balancer_address_goes_into_the_etcd_certificate_and_the_peer_ent
     let entry = secret_text(&mesh.peers("west").unwrap(), "east.yaml");
     assert!(entry.contains("https://203.0.113.7:2379"), "{entry}");
 }
+
+/// A pod as the kubelet would report it: labels, node, and whether its containers are ready.
+fn pod(
+    name: &str,
+    app: &str,
+    node: &str,
+    containers: &[(&str, bool, Option<&str>)],
+) -> k8s_openapi::api::core::v1::Pod {
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|(c, ready, waiting)| {
+            let state = match waiting {
+                Some(reason) => serde_json::json!({"waiting": {"reason": reason}}),
+                None => serde_json::json!({"running": {}}),
+            };
+            serde_json::json!({"name": c, "ready": ready, "restartCount": 0, "image": "x", "imageID": "", "state": state})
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name,
+            "namespace": "clustermesh",
+            "labels": {"app.kubernetes.io/name": app, "app.kubernetes.io/instance": "east"},
+        },
+        "spec": {"nodeName": node, "containers": [{"name": containers[0].0}]},
+        "status": {"phase": "Running", "containerStatuses": statuses},
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_kubernetes_cluster_reads_its_pods() {
+    let cluster = Cluster::start(&["node-1", "node-2"]).await;
+    let kc = &cluster.kubeconfig;
+    ok(cli(kc, ENABLE_EAST).await);
+    let fake = &cluster.fake;
+    fake.apply(&pod(
+        "clustermesh-apiserver-abc",
+        "clustermesh-apiserver",
+        "node-1",
+        &[("etcd", true, None), ("apiserver", true, None)],
+    ));
+    fake.apply(&pod(
+        "clustermesh-agent-1",
+        "clustermesh-agent",
+        "node-1",
+        &[("agent", true, None)],
+    ));
+    fake.apply(&pod(
+        "clustermesh-agent-2",
+        "clustermesh-agent",
+        "node-2",
+        &[("agent", true, None)],
+    ));
+    let out = ok(cli(kc, &["status", "--context", "fake"]).await);
+    assert!(out.starts_with("east (ID 1, fake): HEALTHY"), "{out}");
+    assert!(out.contains("2/2 nodes ready"), "{out}");
+
+    fake.apply(&pod(
+        "clustermesh-agent-2",
+        "clustermesh-agent",
+        "node-2",
+        &[("agent", false, Some("CrashLoopBackOff"))],
+    ));
+    let out = cli(kc, &["status", "--context", "fake"]).await;
+    assert!(!out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("NOT HEALTHY (1 problem)"), "{table}");
+    assert!(
+        table.contains("node node-2: the agent is not ready (waiting: CrashLoopBackOff)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("kubectl -n clustermesh logs ds/clustermesh-agent"),
+        "{table}"
+    );
+}
