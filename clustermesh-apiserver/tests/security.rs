@@ -91,6 +91,14 @@ async fn peers_read_only_agents_write_only_their_own_record() {
         peer.get("clustermesh/allocations/identities/east/256", None)
             .await
     ));
+    // Clusterset VIPs are for the cluster's own agents and DNS only.
+    assert!(denied(
+        peer.get(
+            "clustermesh/local/clusterset-vips/v1/east/",
+            Some(etcd_client::GetOptions::new().with_prefix())
+        )
+        .await
+    ));
     assert!(denied(
         peer.put("clustermesh/state/services/v1/east/demo/x", "{}", None)
             .await
@@ -123,6 +131,16 @@ async fn peers_read_only_agents_write_only_their_own_record() {
             .unwrap()
             .count(),
         1
+    );
+    assert!(
+        agent
+            .get(
+                "clustermesh/local/clusterset-vips/v1/east/",
+                Some(etcd_client::GetOptions::new().with_prefix())
+            )
+            .await
+            .is_ok(),
+        "agents read clusterset VIPs"
     );
 
     // A restart with authentication already on changes nothing and still works.
