@@ -15,7 +15,9 @@
 //! restarting apiserver or a refilling mirror never frees an address in use.
 //!
 //! `VipTable` is the pure part (what to allocate and release, given what is wanted); `run` is
-//! the I/O around it.
+//! the I/O around it. Nothing is allocated before this apiserver's own services are published
+//! (its `synced/<cluster>/services` marker), so a service the cluster has too never looks
+//! remote-only at start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -256,14 +258,17 @@ enum Source {
     PeerMarkers,
     SharedServices,
     LocalOnlyServices,
+    /// `synced/<local>/services`: this apiserver's own services are all published.
+    LocalSynced,
 }
 
 impl Source {
-    const ALL: [Source; 4] = [
+    const ALL: [Source; 5] = [
         Source::PeerServices,
         Source::PeerMarkers,
         Source::SharedServices,
         Source::LocalOnlyServices,
+        Source::LocalSynced,
     ];
 }
 
@@ -277,6 +282,9 @@ struct View {
     peer_synced: BTreeSet<ClusterName>,
     /// Local services by etcd key.
     local: BTreeMap<String, ObjectKey>,
+    /// The local services are complete (the publisher's synced marker is written): before it,
+    /// a service this cluster has too could look remote-only.
+    local_synced: bool,
 }
 
 impl View {
@@ -290,9 +298,11 @@ impl View {
             .collect()
     }
 
-    /// Every watch has listed and every mirrored peer's services are synced.
+    /// Every watch has listed, the local services are published and every mirrored peer's
+    /// services are synced.
     fn complete(&self) -> bool {
         self.listed.len() == Source::ALL.len()
+            && self.local_synced
             && self
                 .peer_services
                 .keys()
@@ -323,6 +333,7 @@ impl Allocator {
                 Source::LocalOnlyServices => {
                     self.schema.local_prefix(Kind::Services, &self.cluster.name)
                 }
+                Source::LocalSynced => self.schema.synced(&self.cluster.name, Kind::Services),
             };
             let (reader, mut rx) = WatchReader::spawn(self.client.clone(), prefix, 1024);
             let tx = tx.clone();
@@ -351,7 +362,7 @@ impl Allocator {
                 }
                 _ = tick.tick() => {}
             }
-            if self.view.listed.len() < Source::ALL.len() {
+            if self.view.listed.len() < Source::ALL.len() || !self.view.local_synced {
                 continue;
             }
             if let Err(e) = self.pass().await {
@@ -418,6 +429,7 @@ impl Allocator {
                     .local
                     .insert(key.to_owned(), ObjectKey::new(namespace, name));
             }
+            (Source::LocalSynced, Ok(Key::Synced { .. })) => self.view.local_synced = true,
             _ => {}
         }
     }
@@ -479,6 +491,9 @@ impl Allocator {
             (Source::SharedServices | Source::LocalOnlyServices, _) => {
                 self.view.local.remove(key);
             }
+            // The marker goes with the publisher's lease; a successor writes it again, and the
+            // services it covered stay meanwhile.
+            (Source::LocalSynced, _) => {}
             _ => {}
         }
     }
@@ -653,6 +668,8 @@ mod tests {
         view.listed.extend(Source::ALL);
         assert!(!view.complete(), "east's mirror is not synced");
         view.peer_synced.insert(east);
+        assert!(!view.complete(), "the local services are not published yet");
+        view.local_synced = true;
         assert!(view.complete());
     }
 }
