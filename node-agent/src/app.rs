@@ -268,6 +268,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         liveness: liveness.subscribe(),
         _watches: watches,
         dns: dns_feed,
+        status_frontends_at: None,
+        status_frontends_stale: false,
     }));
     Ok(Running {
         status: status_rx,
@@ -297,7 +299,15 @@ struct ControlLoop {
     _watches: inputs::Watches,
     /// Where the DNS server's view is published.
     dns: Option<crate::dns::DnsFeed>,
+    /// When the status's per-frontend list was last rebuilt: at most once a second, because
+    /// with thousands of backends it costs as much as the rest of a pass.
+    status_frontends_at: Option<Instant>,
+    /// A pass skipped the rebuild; the next tick after the second is up forces one.
+    status_frontends_stale: bool,
 }
+
+/// How often the status's per-frontend list is rebuilt at most.
+const STATUS_FRONTENDS_EVERY: Duration = Duration::from_secs(1);
 
 /// The loopback listener sk_lookup hands mesh-VIP connections to. `SO_REUSEADDR` so that a
 /// restarted agent can bind it while the old one's accepted sockets linger.
@@ -358,6 +368,14 @@ async fn control_loop(mut cl: ControlLoop) {
                     dirty = true;
                 }
             }
+        }
+        if !dirty
+            && cl.status_frontends_stale
+            && cl
+                .status_frontends_at
+                .is_some_and(|at| at.elapsed() >= STATUS_FRONTENDS_EVERY)
+        {
+            dirty = true;
         }
         if !dirty {
             let liveness = *cl.liveness.borrow();
@@ -485,7 +503,50 @@ fn pass(
         *seen = *n;
     }
 
-    let frontends = desired
+    let rebuild_frontends = cl
+        .status_frontends_at
+        .is_none_or(|at| at.elapsed() >= STATUS_FRONTENDS_EVERY);
+    cl.status_frontends_stale = !rebuild_frontends;
+    let frontends: Option<Vec<FrontendStatus>> = rebuild_frontends.then(|| {
+        cl.status_frontends_at = Some(Instant::now());
+        status_frontends(&desired, &cl.programmer)
+    });
+    let liveness = *cl.liveness.borrow();
+    let last_error = report.errors.first().cloned();
+    let clean = report.errors.is_empty();
+    cl.status.send_modify(|s| {
+        s.ready = true;
+        s.waiting_for = None;
+        s.local_synced = cl.inputs.local_synced();
+        s.local_services = cl.inputs.local_service_count();
+        s.peers = peers(&cl.inputs);
+        if let Some(frontends) = frontends {
+            s.frontends = frontends;
+        }
+        s.passes += 1;
+        s.last_pass = Some(report);
+        s.liveness_record_written = liveness;
+        s.rejected = cl
+            .inputs
+            .rejected
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        if last_error.is_some() {
+            s.last_error = last_error;
+        } else if let Some(rejection) = &cl.inputs.last_rejection {
+            s.last_error = Some(rejection.clone());
+        }
+    });
+    clean
+}
+
+/// The status's view of every frontend and its backends.
+fn status_frontends(
+    desired: &crate::merge::Desired,
+    programmer: &Programmer<Datapath>,
+) -> Vec<FrontendStatus> {
+    desired
         .iter()
         .map(|(frontend, merged)| FrontendStatus {
             service: merged.service.clone(),
@@ -504,38 +565,12 @@ fn pass(
                     state: if b.active { "active" } else { "standby" },
                     mesh_vip: match &b.location {
                         crate::merge::BackendLocation::Remote { cluster } => {
-                            cl.programmer.mesh_vip(cluster, b.addr.ip())
+                            programmer.mesh_vip(cluster, b.addr.ip())
                         }
                         crate::merge::BackendLocation::Local => None,
                     },
                 })
                 .collect(),
         })
-        .collect();
-    let liveness = *cl.liveness.borrow();
-    let last_error = report.errors.first().cloned();
-    let clean = report.errors.is_empty();
-    cl.status.send_modify(|s| {
-        s.ready = true;
-        s.waiting_for = None;
-        s.local_synced = cl.inputs.local_synced();
-        s.local_services = cl.inputs.local_service_count();
-        s.peers = peers(&cl.inputs);
-        s.frontends = frontends;
-        s.passes += 1;
-        s.last_pass = Some(report);
-        s.liveness_record_written = liveness;
-        s.rejected = cl
-            .inputs
-            .rejected
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), *v))
-            .collect();
-        if last_error.is_some() {
-            s.last_error = last_error;
-        } else if let Some(rejection) = &cl.inputs.last_rejection {
-            s.last_error = Some(rejection.clone());
-        }
-    });
-    clean
+        .collect()
 }

@@ -72,7 +72,7 @@ impl Metrics {
         );
         registry.register(
             "programming_pass_duration_seconds",
-            "how long one programming pass (merge, diff, map writes) took",
+            "how long the map programming of one pass (diff, mesh VIPs, map writes) took",
             metrics.pass_duration.clone(),
         );
         registry.register(

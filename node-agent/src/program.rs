@@ -247,11 +247,16 @@ impl<T: ServiceTable> Programmer<T> {
         }
 
         // New VIPs are known to the tunnel before a service sends connections to them.
-        let mut union = self.tunnel.borrow().clone();
-        union.targets.extend(table.targets.clone());
+        // Added in place: cloning the whole table to build the union costs more than the
+        // pass's map writes once there are thousands of remote backends.
         self.tunnel.send_if_modified(|t| {
-            let changed = *t != union;
-            *t = union;
+            let mut changed = false;
+            for (vip, target) in &table.targets {
+                if t.targets.get(vip) != Some(target) {
+                    t.targets.insert(*vip, target.clone());
+                    changed = true;
+                }
+            }
             changed
         });
 
