@@ -3,8 +3,8 @@
 //! file per connected remote cluster tells the apiserver which etcd to mirror and the agents
 //! which CA that cluster's nodes are trusted with.
 //!
-//! Until the CLI's `enable`/`connect` exist this is how lab clusters are meshed. The lab's
-//! etcds speak plain HTTP on the lab's private networks; the node-to-node tunnel is mTLS with
+//! `lab up` meshes clusters with it, and `clustermesh connect --context lab:<c>` writes the same
+//! peer files. The lab's etcds speak plain HTTP on the lab's private networks; the node-to-node tunnel is mTLS with
 //! per-cluster CAs, as in production.
 //!
 //! ```text
