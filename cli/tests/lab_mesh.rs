@@ -261,11 +261,15 @@ fn enable_connect_status_disconnect_disable_in_the_lab() {
         Duration::from_secs(60),
         || lab.answers(6).iter().any(|c| c == "west"),
     );
-    let json = lab.ok(&["status", "--context", "lab:east", "-o", "json"]);
-    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert!(
-        report[0]["peers"][0]["backends"].as_u64().unwrap() >= 2,
-        "{json}"
+    // An agent refreshes its per-frontend status at most once a second.
+    eventually(
+        "status to count west's backends programmed in east",
+        Duration::from_secs(10),
+        || {
+            let json = lab.ok(&["status", "--context", "lab:east", "-o", "json"]);
+            let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+            report[0]["peers"][0]["backends"].as_u64().unwrap_or(0) >= 2
+        },
     );
 
     // Disable refuses while connected.
