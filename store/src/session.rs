@@ -126,6 +126,7 @@ async fn keep_alive(
 ) -> KeepAliveEnd {
     let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
         Ok(pair) => pair,
+        Err(e) if e.to_string().contains("lease not found") => return KeepAliveEnd::Expired,
         Err(e) => return KeepAliveEnd::Failed(e.to_string()),
     };
     let period = ttl / 3;
@@ -137,6 +138,11 @@ async fn keep_alive(
             Ok(Ok(Some(resp))) if resp.ttl() <= 0 => return KeepAliveEnd::Expired,
             Ok(Ok(Some(_))) => backoff.reset(),
             Ok(Ok(None)) => return KeepAliveEnd::Failed("keep-alive stream closed".into()),
+            // etcd answers a renewal of a revoked lease with TTL 0, but a renewal racing the
+            // revocation can come back as "lease not found": the lease is gone either way.
+            Ok(Err(e)) if e.to_string().contains("lease not found") => {
+                return KeepAliveEnd::Expired;
+            }
             Ok(Err(e)) => return KeepAliveEnd::Failed(e.to_string()),
             Err(_) => return KeepAliveEnd::Failed("no keep-alive answer in time".into()),
         }
