@@ -148,6 +148,11 @@ async fn manifests_are_published_and_follow_changes() {
         },
     )
     .await;
+    // The status counter follows the write it reports on; give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running.status().published.services != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(running.status().published.services, 0);
     running.stop();
 }
