@@ -10,6 +10,11 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "warning: not root; the eBPF and lab tests need root and will fail or skip" >&2
 fi
 
+# CI builds from a clean clone once: incremental compilation state would only cost disk.
+if [ "${CI:-}" = "true" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
