@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::agent_certs::RunningIssuer;
 use crate::clusterset_vips::{ClustersetVips, VipSettings, VipStatus};
 use crate::config::{Config, SourceKind};
 use crate::mirror::{Mirror, MirrorSettings, MirrorStatus};
@@ -42,6 +43,7 @@ pub struct Running {
     status_api: JoinHandle<()>,
     status_addr: std::net::SocketAddr,
     clusterset_vips: ClustersetVips,
+    agent_certs: Option<RunningIssuer>,
     // Kept alive for as long as the apiserver runs.
     _session: Arc<Session>,
     _heartbeat: HeartbeatWriter,
@@ -64,6 +66,11 @@ impl Running {
     /// Where the gRPC status API is served (the bound port, if 0 was asked).
     pub fn status_addr(&self) -> std::net::SocketAddr {
         self.status_addr
+    }
+
+    /// Where the agent certificate issuer listens, if it runs (the bound port, if 0 was asked).
+    pub fn agent_certs_addr(&self) -> Option<std::net::SocketAddr> {
+        self.agent_certs.as_ref().map(|i| i.addr)
     }
 
     /// Per connected (or refused) peer: connected, synced, counts, last error.
@@ -96,6 +103,9 @@ impl Running {
         self.source.abort();
         self.health.abort();
         self.status_api.abort();
+        if let Some(issuer) = self.agent_certs {
+            issuer.task.abort();
+        }
     }
 }
 
@@ -143,6 +153,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None
     };
+    // Shared by the publisher (users for every node it sees) and the agent certificate
+    // issuer (the user of the node it issues for, which the publisher may not have seen yet).
+    let security = security.map(|s| Arc::new(tokio::sync::Mutex::new(s)));
 
     let session = Arc::new(
         Session::start(client.clone(), config.lease_ttl)
@@ -182,6 +195,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .context("in-cluster Kubernetes config (outside a pod, give --kubeconfig)")?,
         }),
     };
+    let agent_certs = match &config.agent_certs {
+        Some(settings) => {
+            let kube = crate::agent_certs::kube_client(
+                config.kubeconfig.as_deref(),
+                config.kube_context.as_deref(),
+            )
+            .await
+            .context("the Kubernetes client of the agent certificate issuer")?;
+            Some(
+                crate::agent_certs::serve(settings.clone(), kube, security.clone())
+                    .await
+                    .context("starting the agent certificate issuer")?,
+            )
+        }
+        None => None,
+    };
     let (views_tx, views) = watch::channel(None);
     let source = tokio::spawn(async move {
         if let Err(e) = source.run(views_tx).await {
@@ -219,6 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.health_addr,
         status.clone(),
         mirror.as_ref().map(Mirror::subscribe),
+        agent_certs.as_ref().map(|i| i.stats.clone()),
     )
     .await
     .with_context(|| format!("listening on --health-addr {}", config.health_addr))?;
@@ -240,6 +270,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         status_api,
         status_addr,
         clusterset_vips,
+        agent_certs,
         _session: session,
         _heartbeat: heartbeat,
     })
@@ -248,7 +279,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 async fn publish_loop(
     mut views: ViewReceiver,
     mut publisher: Publisher,
-    mut security: Option<EtcdSecurity>,
+    security: Option<Arc<tokio::sync::Mutex<EtcdSecurity>>>,
     status: watch::Sender<Status>,
     resync: Duration,
 ) {
@@ -266,9 +297,9 @@ async fn publish_loop(
         let Some(view) = views.borrow_and_update().clone() else {
             continue;
         };
-        if let Some(security) = security.as_mut() {
+        if let Some(security) = &security {
             let nodes = view.nodes.keys().cloned().collect();
-            if let Err(e) = security.ensure_agents(&nodes).await {
+            if let Err(e) = security.lock().await.ensure_agents(&nodes).await {
                 error!(error = %e, "cannot create etcd users for new nodes' agents");
             }
         }

@@ -128,6 +128,52 @@ pub struct Args {
     /// is released.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub clusterset_vip_grace: Duration,
+
+    /// The cluster CA's private key: turns on the agent certificate issuer (opt-in). Node
+    /// agents then trade their pod's bound ServiceAccount token and a certificate signing
+    /// request for their own certificate (CN agent-<node>), signed with this key and
+    /// --cluster-ca. Needs --source kubernetes, --cluster-ca and --agent-certs-tls-cert/-key.
+    #[arg(long, env = "CLUSTERMESH_AGENT_CERTS_CA_KEY")]
+    pub agent_certs_ca_key: Option<PathBuf>,
+    /// Where the agent certificate issuer listens (gRPC over TLS).
+    #[arg(
+        long,
+        env = "CLUSTERMESH_AGENT_CERTS_ADDR",
+        default_value = "0.0.0.0:9965"
+    )]
+    pub agent_certs_addr: std::net::SocketAddr,
+    /// The server certificate (PEM) the issuer's TLS presents; agents verify it with the
+    /// cluster CA, so it must name the address they dial (e.g. clustermesh-apiserver.<ns>.svc).
+    #[arg(long, env = "CLUSTERMESH_AGENT_CERTS_TLS_CERT")]
+    pub agent_certs_tls_cert: Option<PathBuf>,
+    /// The key of --agent-certs-tls-cert.
+    #[arg(long, env = "CLUSTERMESH_AGENT_CERTS_TLS_KEY")]
+    pub agent_certs_tls_key: Option<PathBuf>,
+    /// The audience the agents' projected ServiceAccount tokens must be issued for.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_AGENT_CERTS_AUDIENCE",
+        default_value = crate::agent_certs::DEFAULT_AUDIENCE
+    )]
+    pub agent_certs_audience: String,
+    /// The only user the issuer serves: the agents' ServiceAccount, as
+    /// system:serviceaccount:<namespace>:<name>.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_AGENT_SERVICE_ACCOUNT",
+        default_value = "system:serviceaccount:clustermesh:clustermesh-agent"
+    )]
+    pub agent_service_account: String,
+    /// How long an issued agent certificate is valid (agents renew it when a third is left).
+    #[arg(long, env = "CLUSTERMESH_AGENT_CERT_LIFETIME", value_parser = humantime::parse_duration, default_value = "24h")]
+    pub agent_cert_lifetime: Duration,
+    /// The SPIFFE trust domain of the mesh, as in every node certificate's URI SAN.
+    #[arg(
+        long,
+        env = "CLUSTERMESH_TRUST_DOMAIN",
+        default_value = "clustermesh.local"
+    )]
+    pub trust_domain: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +190,14 @@ pub enum ConfigError {
     LeaseTtl(Duration),
     #[error("--cluster-ca {path}: {reason}")]
     ClusterCa { path: PathBuf, reason: String },
+    #[error("--agent-certs-ca-key: {0}")]
+    AgentCerts(String),
+    #[error("--agent-cert-lifetime must be between 1m and 366d, not {0:?}")]
+    AgentCertLifetime(Duration),
+    #[error("--agent-service-account {0:?}: give system:serviceaccount:<namespace>:<name>")]
+    AgentServiceAccount(String),
+    #[error("--trust-domain {0:?} is not a DNS name")]
+    TrustDomain(String),
     #[error(
         "--clusterset-vip-range: give one IPv4 range and optionally one IPv6 range, each with room for addresses; got {0:?}"
     )]
@@ -183,6 +237,8 @@ pub struct Config {
     pub clusterset_vip_range: Vec<ipnet::IpNet>,
     #[serde(with = "humantime_serde")]
     pub clusterset_vip_grace: Duration,
+    /// The agent certificate issuer; `None` unless --agent-certs-ca-key is given.
+    pub agent_certs: Option<crate::agent_certs::IssuerSettings>,
 }
 
 mod humantime_serde {
@@ -210,7 +266,8 @@ impl Config {
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         let mesh = MaxConnectedClusters::try_from(args.max_connected_clusters)
             .map_err(ConfigError::MaxConnected)?;
-        let name = ClusterName::new(args.cluster_name).map_err(ConfigError::ClusterName)?;
+        let name = ClusterName::new(args.cluster_name.clone()).map_err(ConfigError::ClusterName)?;
+        let agent_certs = agent_certs(&args, &name)?;
         let id = ClusterId::new(args.cluster_id, mesh).map_err(ConfigError::ClusterId)?;
         let schema = KeySchema::new(&args.kvstore_prefix).map_err(ConfigError::Prefix)?;
         if args.lease_ttl < Duration::from_secs(2) {
@@ -268,8 +325,63 @@ impl Config {
             ca_fingerprint,
             clusterset_vip_range: args.clusterset_vip_range,
             clusterset_vip_grace: args.clusterset_vip_grace,
+            agent_certs,
         })
     }
+}
+
+/// The issuer's settings, checked: `None` without --agent-certs-ca-key.
+fn agent_certs(
+    args: &Args,
+    cluster: &ClusterName,
+) -> Result<Option<crate::agent_certs::IssuerSettings>, ConfigError> {
+    let Some(ca_key) = args.agent_certs_ca_key.clone() else {
+        return Ok(None);
+    };
+    if args.source != SourceKind::Kubernetes {
+        return Err(ConfigError::AgentCerts(
+            "the agent certificate issuer reviews Kubernetes ServiceAccount tokens: it needs --source kubernetes (with --source manifests, give agents their certificates as files)".into(),
+        ));
+    }
+    let missing = |flag: &str| ConfigError::AgentCerts(format!("the issuer also needs {flag}"));
+    let ca_cert = args
+        .cluster_ca
+        .clone()
+        .ok_or_else(|| missing("--cluster-ca (the CA certificate)"))?;
+    let tls_cert = args
+        .agent_certs_tls_cert
+        .clone()
+        .ok_or_else(|| missing("--agent-certs-tls-cert"))?;
+    let tls_key = args
+        .agent_certs_tls_key
+        .clone()
+        .ok_or_else(|| missing("--agent-certs-tls-key"))?;
+    let lifetime = args.agent_cert_lifetime;
+    if lifetime < Duration::from_secs(60) || lifetime > Duration::from_secs(366 * 24 * 3600) {
+        return Err(ConfigError::AgentCertLifetime(lifetime));
+    }
+    let sa = &args.agent_service_account;
+    let parts: Vec<&str> = sa.split(':').collect();
+    let valid_sa = matches!(parts.as_slice(), ["system", "serviceaccount", ns, name]
+        if clustermesh_model::is_dns_subdomain(ns) && clustermesh_model::is_dns_subdomain(name));
+    if !valid_sa {
+        return Err(ConfigError::AgentServiceAccount(sa.clone()));
+    }
+    if !clustermesh_model::is_dns_subdomain(&args.trust_domain) {
+        return Err(ConfigError::TrustDomain(args.trust_domain.clone()));
+    }
+    Ok(Some(crate::agent_certs::IssuerSettings {
+        listen: args.agent_certs_addr,
+        tls_cert,
+        tls_key,
+        ca_cert,
+        ca_key,
+        audience: args.agent_certs_audience.clone(),
+        service_account: sa.clone(),
+        lifetime,
+        trust_domain: args.trust_domain.clone(),
+        cluster: cluster.to_string(),
+    }))
 }
 
 /// `sha256:<hex>` of the first certificate in a PEM file.
@@ -329,6 +441,33 @@ mod tests {
         assert!(args(&["--cluster-id=300", "--max-connected-clusters=511"]).is_ok());
         let ok = args(&["--clusterset-vip-range=10.255.0.0/16,fd00:636c::/64"]).unwrap();
         assert_eq!(ok.clusterset_vip_range.len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let cluster_ca = format!("--cluster-ca={}", ca.display());
+        let issuer = [
+            "--source=kubernetes",
+            cluster_ca.as_str(),
+            "--agent-certs-ca-key=/ca.key",
+            "--agent-certs-tls-cert=/tls.crt",
+            "--agent-certs-tls-key=/tls.key",
+        ];
+        let c = args(&issuer).unwrap();
+        let settings = c.agent_certs.unwrap();
+        assert_eq!(settings.lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(settings.cluster, "east");
+        let err = args(&["--agent-certs-ca-key=/ca.key"]).unwrap_err();
+        assert!(err.contains("--source kubernetes"), "{err}");
+        let err = args(&issuer[..3]).unwrap_err();
+        assert!(err.contains("--agent-certs-tls-cert"), "{err}");
+        let mut bad_sa = issuer.to_vec();
+        bad_sa.push("--agent-service-account=clustermesh-agent");
+        let err = args(&bad_sa).unwrap_err();
+        assert!(err.contains("--agent-service-account"), "{err}");
         for bad in [
             "--clusterset-vip-range=10.0.0.0/16,10.1.0.0/16",
             "--clusterset-vip-range=10.0.0.0/31",

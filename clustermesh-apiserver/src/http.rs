@@ -5,7 +5,8 @@
 //!   written), 503 with the reason before that.
 //! - `/metrics`: objects published per kind, problems found in Kubernetes objects, and per peer:
 //!   connected, synced, objects mirrored per kind, values refused per reason, seconds since the
-//!   last mirrored change.
+//!   last mirrored change; with the agent certificate issuer, certificates issued and requests
+//!   refused per reason.
 
 use std::net::SocketAddr;
 
@@ -14,6 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -21,6 +23,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
+use std::sync::Arc;
+
+use crate::agent_certs::IssuerStats;
 use crate::app::Status;
 use crate::mirror::MirrorStatus;
 
@@ -28,6 +33,12 @@ use crate::mirror::MirrorStatus;
 struct Sources {
     status: watch::Receiver<Status>,
     peers: Option<watch::Receiver<MirrorStatus>>,
+    agent_certs: Option<Arc<IssuerStats>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +68,7 @@ pub async fn serve(
     addr: SocketAddr,
     status: watch::Receiver<Status>,
     peers: Option<watch::Receiver<MirrorStatus>>,
+    agent_certs: Option<Arc<IssuerStats>>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -64,7 +76,11 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Sources { status, peers });
+        .with_state(Sources {
+            status,
+            peers,
+            agent_certs,
+        });
     info!(%bound, "health and metrics listening");
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -188,6 +204,29 @@ async fn metrics(State(sources): State<Sources>) -> (StatusCode, String) {
         "Values from the peer refused by validation since start, by reason (alert on growth)",
         rejected,
     );
+
+    if let Some(stats) = &sources.agent_certs {
+        let issued = Counter::<u64>::default();
+        issued.inc_by(stats.issued());
+        registry.register(
+            "agent_certs_issued",
+            "Agent certificates issued since start",
+            issued,
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        for (reason, n) in stats.refused() {
+            refused
+                .get_or_create(&ReasonLabels {
+                    reason: reason.into(),
+                })
+                .inc_by(n);
+        }
+        registry.register(
+            "agent_certs_refused",
+            "Agent certificate requests refused since start, by reason (alert on growth)",
+            refused,
+        );
+    }
 
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {

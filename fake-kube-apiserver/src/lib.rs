@@ -20,6 +20,10 @@
 //!   `Expired`. (kube-runtime re-lists on that event; it would retry a bare HTTP 410 forever with
 //!   the same resource version, so the bare status is not what we serve.)
 //! - `GET` of one object by name, and `GET /version`;
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews` (a `TokenReview`): tokens a test
+//!   registered with [`FakeKubeApiServer::register_token`] map to the user info it gave
+//!   (username, groups, extra such as `authentication.kubernetes.io/node-name`); unknown,
+//!   expired and wrong-audience tokens are not authenticated, as on a real API server;
 //! - `PATCH` with `application/apply-patch+yaml` (server-side apply, simplified: the applied
 //!   object replaces the stored one, server-owned fields are kept, and an apply that changes
 //!   nothing leaves the resource version alone), `POST` (create) and `DELETE`. Writes into a
@@ -205,6 +209,28 @@ struct Shared {
     next_watch_id: AtomicU64,
     /// How many create and apply requests were answered.
     writes: AtomicU64,
+    /// Tokens a `TokenReview` authenticates, with their user.
+    tokens: Mutex<HashMap<String, TokenUser>>,
+    token_reviews: AtomicU64,
+}
+
+/// The audience a token review without audiences is checked against (the fake's own, as a
+/// real API server uses its `--api-audiences`).
+pub const FAKE_API_AUDIENCE: &str = "https://kubernetes.default.svc";
+
+/// What a `TokenReview` of a registered token answers.
+#[derive(Debug, Clone, Default)]
+pub struct TokenUser {
+    /// e.g. `system:serviceaccount:<ns>:<name>`.
+    pub username: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    /// User extra, e.g. `authentication.kubernetes.io/node-name` → `[node]`.
+    pub extra: BTreeMap<String, Vec<String>>,
+    /// The audiences the token was issued for (empty: [`FAKE_API_AUDIENCE`]).
+    pub audiences: Vec<String>,
+    /// After this the token is refused as expired.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 struct Store {
@@ -279,6 +305,8 @@ impl FakeKubeApiServer {
             open_watches: Mutex::new(BTreeMap::new()),
             next_watch_id: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            tokens: Mutex::new(HashMap::new()),
+            token_reviews: AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -415,6 +443,21 @@ impl FakeKubeApiServer {
             .filter(|((k, _, _), _)| *k == kind)
             .map(|(_, object)| object.clone())
             .collect()
+    }
+
+    /// Makes `token` known to `TokenReview`: it authenticates as `user` (for the user's
+    /// audiences, until its expiry).
+    pub fn register_token(&self, token: &str, user: TokenUser) {
+        self.shared
+            .tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(token.to_owned(), user);
+    }
+
+    /// How many `TokenReview`s the server has answered.
+    pub fn token_reviews(&self) -> u64 {
+        self.shared.token_reviews.load(Ordering::SeqCst)
     }
 
     /// How many create and apply requests the server has answered (no-op applies included).
@@ -691,6 +734,16 @@ async fn handle(
             &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake", "platform": "linux/amd64"}),
         );
     }
+    if uri.path() == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        if method != Method::POST {
+            return status_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "tokenreviews can only be created",
+            );
+        }
+        return token_review(&shared, &body);
+    }
     let Some(target) = parse_path(uri.path()) else {
         return status_response(
             StatusCode::NOT_FOUND,
@@ -766,6 +819,78 @@ async fn handle(
             }
         }
     }
+}
+
+/// A `TokenReview`: authenticated only for a registered, unexpired token whose audiences meet
+/// the requested ones (or the fake's own when none are requested).
+fn token_review(shared: &Arc<Shared>, body: &Bytes) -> Response {
+    shared.token_reviews.fetch_add(1, Ordering::SeqCst);
+    let Ok(review) = serde_json::from_slice::<Value>(body) else {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not a JSON TokenReview",
+        );
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let requested: Vec<String> = match review["spec"]["audiences"].as_array() {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect(),
+        _ => vec![FAKE_API_AUDIENCE.to_owned()],
+    };
+    let user = shared
+        .tokens
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(token)
+        .cloned();
+    let refused = |error: String| json!({"authenticated": false, "error": error});
+    let status = match user {
+        None => refused("invalid bearer token".into()),
+        Some(user)
+            if user
+                .expires
+                .is_some_and(|t| t <= std::time::SystemTime::now()) =>
+        {
+            refused("invalid bearer token, token has expired".into())
+        }
+        Some(user) => {
+            let own = if user.audiences.is_empty() {
+                vec![FAKE_API_AUDIENCE.to_owned()]
+            } else {
+                user.audiences.clone()
+            };
+            let met: Vec<&String> = requested.iter().filter(|a| own.contains(a)).collect();
+            if met.is_empty() {
+                refused(format!(
+                    "invalid bearer token, token audiences {own:?} is invalid for the target audiences {requested:?}"
+                ))
+            } else {
+                json!({
+                    "authenticated": true,
+                    "audiences": met,
+                    "user": {
+                        "username": user.username,
+                        "uid": user.uid,
+                        "groups": user.groups,
+                        "extra": user.extra,
+                    },
+                })
+            }
+        }
+    };
+    json_response(
+        StatusCode::CREATED,
+        &json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "metadata": {"creationTimestamp": null},
+            "spec": review["spec"],
+            "status": status,
+        }),
+    )
 }
 
 /// `PATCH` with `application/apply-patch+yaml` (server-side apply), `POST` to a collection
@@ -1280,6 +1405,66 @@ impl WatchStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn token_reviews_authenticate_registered_tokens_for_their_audiences() {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let fake = FakeKubeApiServer::start().await;
+        let extra = BTreeMap::from([(
+            "authentication.kubernetes.io/node-name".to_owned(),
+            vec!["node-1".to_owned()],
+        )]);
+        fake.register_token(
+            "good",
+            TokenUser {
+                username: "system:serviceaccount:ns:sa".into(),
+                extra,
+                audiences: vec!["issuer".into()],
+                ..TokenUser::default()
+            },
+        );
+        fake.register_token(
+            "old",
+            TokenUser {
+                username: "system:serviceaccount:ns:sa".into(),
+                audiences: vec!["issuer".into()],
+                expires: Some(std::time::SystemTime::now() - Duration::from_secs(1)),
+                ..TokenUser::default()
+            },
+        );
+        let api: kube::Api<TokenReview> = kube::Api::all(fake.client());
+        let review = |token: &str, audience: &str| TokenReview {
+            spec: TokenReviewSpec {
+                token: token.into(),
+                audiences: Some(vec![audience.into()]),
+            },
+            ..TokenReview::default()
+        };
+        let status = |r: TokenReview| r.status.unwrap();
+        let pp = kube::api::PostParams::default();
+        let ok = status(api.create(&pp, &review("good", "issuer")).await.unwrap());
+        assert_eq!(ok.authenticated, Some(true));
+        assert_eq!(ok.audiences, Some(vec!["issuer".to_owned()]));
+        let user = ok.user.unwrap();
+        assert_eq!(
+            user.username.as_deref(),
+            Some("system:serviceaccount:ns:sa")
+        );
+        assert_eq!(
+            user.extra.unwrap()["authentication.kubernetes.io/node-name"],
+            ["node-1"]
+        );
+        for (token, audience, error) in [
+            ("good", "other", "audiences"),
+            ("old", "issuer", "expired"),
+            ("unknown", "issuer", "invalid bearer token"),
+        ] {
+            let refused = status(api.create(&pp, &review(token, audience)).await.unwrap());
+            assert_ne!(refused.authenticated, Some(true), "{token}");
+            assert!(refused.error.unwrap().contains(error), "{token}");
+        }
+        assert_eq!(fake.token_reviews(), 4);
+    }
 
     #[test]
     fn paths_name_collections_and_objects() {
