@@ -181,6 +181,10 @@ pub struct Args {
     /// Run without the DNS server.
     #[arg(long, env = "CLUSTERMESH_DNS_DISABLE")]
     pub dns_disable: bool,
+
+    /// Obtaining this node's certificate from the apiserver (`bootstrap.rs`).
+    #[command(flatten)]
+    pub bootstrap: crate::bootstrap::BootstrapArgs,
 }
 
 #[derive(Debug, thiserror::Error)]

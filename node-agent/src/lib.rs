@@ -3,6 +3,7 @@
 //! balancer; remote backends are reached through mesh VIPs that the tunnel resolves with the
 //! [`mesh_vip::TunnelTable`] this agent publishes.
 //!
+//! - `bootstrap`: obtaining and renewing this node's certificate from the apiserver's issuer;
 //! - `config`: flags and `CLUSTERMESH_*` environment, checked into a `Config`;
 //! - `dns`: the `clusterset.local` DNS server (pure zone logic in `dns::zone`);
 //! - `inputs`: the etcd watches and the state they build;
@@ -17,6 +18,7 @@
 //! - `app`: the wiring.
 
 pub mod app;
+pub mod bootstrap;
 pub mod config;
 pub mod dns;
 pub mod inputs;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clustermesh_node_agent::{app, config};
+use clustermesh_node_agent::{app, bootstrap, config};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -19,6 +19,14 @@ async fn main() -> ExitCode {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let args = config::Args::parse();
+    // Without a certificate of its own, the agent first gets one from the apiserver.
+    let bootstrap = match bootstrap::start(&args).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("clustermesh-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match config::Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -47,6 +55,11 @@ async fn main() -> ExitCode {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = bootstrap::renewed(bootstrap) => {
+            // The etcd client presents the certificate it connected with; a fresh process
+            // presents the renewed one (and keeps it).
+            tracing::info!("agent certificate renewed: restarting to use it for etcd");
+        }
     }
     tracing::info!("stopping; the datapath stays pinned and keeps serving");
     running.stop().await;
