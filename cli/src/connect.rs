@@ -266,7 +266,6 @@ impl KubeCluster {
             image: get("image"),
             etcd_image: get("etcd-image"),
             agent_priority_class: get("agent-priority-class"),
-            nodes: vec![],
         };
         Ok(KubeCluster {
             target,

@@ -57,6 +57,8 @@ pub async fn disable(options: &TargetOptions, args: &DisableArgs) -> Result<Exit
         ("apps/v1", "DaemonSet", manifests::AGENT.into()),
         ("apps/v1", "Deployment", manifests::APISERVER.into()),
         ("v1", "Service", manifests::ETCD_SERVICE.into()),
+        // The agent certificate issuer's Service.
+        ("v1", "Service", manifests::APISERVER.into()),
         ("v1", "Secret", PEERS_SECRET.into()),
         ("v1", "Secret", manifests::AGENT_SECRET.into()),
         ("v1", "Secret", manifests::APISERVER_SECRET.into()),

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use crate::kube_target::KubeTarget;
 use crate::manifests::{
-    self, AGENT_SECRET, APISERVER_SECRET, CA_KEY_SECRET, CONFIG_MAP, Certificates,
-    DEFAULT_NAMESPACE, ETCD_SERVER_SECRET, ETCD_SERVICE, MeshSettings, ServiceType,
+    self, APISERVER_SECRET, CA_KEY_SECRET, CONFIG_MAP, Certificates, DEFAULT_NAMESPACE,
+    ETCD_SERVER_SECRET, ETCD_SERVICE, MeshSettings, ServiceType,
 };
 use crate::pki::{Ca, CertInfo, KeyPairPem, LeafSpec};
 use crate::target::{ContextName, TargetOptions};
@@ -88,16 +88,13 @@ pub struct EnableArgs {
 pub struct ManifestsArgs {
     #[command(flatten)]
     pub targets: crate::target::TargetOptions,
-    /// Read the certificates, nodes and load balancer address from this cluster (read-only),
-    /// so that the output equals what `enable` applies there. Without it, a new CA (or
-    /// --ca-cert) and the nodes given with --node are used.
+    /// Read the certificates and load balancer address from this cluster (read-only), so that
+    /// the output equals what `enable` applies there. Without it, a new CA (or --ca-cert) is
+    /// used. (Nodes need nothing here: each agent gets its certificate from the apiserver.)
     #[arg(long)]
     pub context: Option<String>,
     #[command(flatten)]
     pub mesh: MeshArgs,
-    /// A node that gets an agent certificate (without --context). Repeat for several.
-    #[arg(long = "node", value_name = "NODE")]
-    pub nodes: Vec<String>,
 }
 
 /// What the cluster already has, read back so that `enable` twice changes nothing.
@@ -107,7 +104,6 @@ struct Existing {
     ca: Option<KeyPairPem>,
     /// Secret name → data.
     secrets: BTreeMap<String, BTreeMap<String, String>>,
-    nodes: Vec<String>,
     load_balancer: Vec<String>,
 }
 
@@ -124,12 +120,11 @@ async fn read_existing(target: &KubeTarget, namespace: &str) -> Result<Existing>
             key: key.clone(),
         });
     }
-    for name in [ETCD_SERVER_SECRET, APISERVER_SECRET, AGENT_SECRET] {
+    for name in [ETCD_SERVER_SECRET, APISERVER_SECRET] {
         if let Some(data) = target.secret_data(namespace, name).await? {
             existing.secrets.insert(name.to_string(), data);
         }
     }
-    existing.nodes = target.node_names().await?;
     if let Some(service) = target.get("v1", "Service", namespace, ETCD_SERVICE).await? {
         existing.load_balancer = load_balancer_addresses(&service);
     }
@@ -150,7 +145,7 @@ pub fn load_balancer_addresses(service: &Value) -> Vec<String> {
 }
 
 /// Settings from the arguments, completed from what the cluster says it is.
-fn settings(mesh: &MeshArgs, existing: &Existing, nodes: Vec<String>) -> Result<MeshSettings> {
+fn settings(mesh: &MeshArgs, existing: &Existing) -> Result<MeshSettings> {
     let config = existing.config.clone().unwrap_or_default();
     let name = match (&mesh.cluster_name, config.get("cluster-name")) {
         (Some(given), Some(had)) if given != had => bail!(
@@ -231,7 +226,6 @@ fn settings(mesh: &MeshArgs, existing: &Existing, nodes: Vec<String>) -> Result<
             .clone()
             .or_else(|| config.get("agent-priority-class").cloned())
             .unwrap_or_else(|| "system-node-critical".into()),
-        nodes,
     })
 }
 
@@ -295,51 +289,22 @@ fn certificates(
         "tls.key",
         &settings.apiserver_spec(),
     )?;
-    let mut agents = BTreeMap::new();
-    for node in &settings.nodes {
-        let pem = keep_or_issue(
-            AGENT_SECRET,
-            &format!("{node}.crt"),
-            &format!("{node}.key"),
-            &settings.agent_spec(node),
-        )?;
-        agents.insert(node.clone(), pem);
-    }
     Ok(Certificates {
         ca: ca.pem.clone(),
         etcd_server,
         apiserver,
-        agents,
     })
 }
 
 async fn plan(
     target: Option<&KubeTarget>,
     mesh: &MeshArgs,
-    extra_nodes: &[String],
 ) -> Result<(MeshSettings, Certificates)> {
     let existing = match target {
         Some(target) => read_existing(target, &mesh.namespace).await?,
         None => Existing::default(),
     };
-    let mut nodes = existing.nodes.clone();
-    for node in extra_nodes {
-        if !nodes.contains(node) {
-            nodes.push(node.clone());
-        }
-    }
-    nodes.sort();
-    for node in &nodes {
-        if !node
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-        {
-            bail!(
-                "node name {node:?} cannot be a Secret key; node names are DNS subdomains (letters, digits, '-', '.')"
-            );
-        }
-    }
-    let settings = settings(mesh, &existing, nodes)?;
+    let settings = settings(mesh, &existing)?;
     let certs = certificates(mesh, &settings, &existing)?;
     Ok((settings, certs))
 }
@@ -362,7 +327,7 @@ pub async fn enable(options: &TargetOptions, args: &EnableArgs) -> Result<ExitCo
         ContextName::Lab(cluster) => crate::lab_target::enable(options, &cluster),
         ContextName::Kube(context) => {
             let target = options.kube(context.as_deref()).await?;
-            let (mut settings, mut certs) = plan(Some(&target), &args.mesh, &[]).await?;
+            let (mut settings, mut certs) = plan(Some(&target), &args.mesh).await?;
             let objects = manifests::render(&settings, &certs);
             let mut changed = apply_all(&target, &objects).await?;
             if settings.service_type == ServiceType::LoadBalancer {
@@ -391,7 +356,7 @@ pub async fn enable(options: &TargetOptions, args: &EnableArgs) -> Result<ExitCo
                 {
                     // The address arrived after the first apply: re-issue the etcd
                     // certificate with it.
-                    (settings, certs) = plan(Some(&target), &args.mesh, &[]).await?;
+                    (settings, certs) = plan(Some(&target), &args.mesh).await?;
                     changed += apply_all(&target, &manifests::render(&settings, &certs)).await?;
                 }
             }
@@ -428,12 +393,7 @@ pub async fn manifests(options: &TargetOptions, args: &ManifestsArgs) -> Result<
         ContextName::Kube(None) if args.context.is_none() => None,
         ContextName::Kube(context) => Some(options.kube(context.as_deref()).await?),
     };
-    let (settings, certs) = plan(target.as_ref(), &args.mesh, &args.nodes).await?;
-    if settings.nodes.is_empty() {
-        eprintln!(
-            "note: no node gets an agent certificate; pass --node for each node (or --context), else the agents cannot start"
-        );
-    }
+    let (settings, certs) = plan(target.as_ref(), &args.mesh).await?;
     print!(
         "{}",
         manifests::to_yaml(&manifests::render(&settings, &certs))

@@ -264,22 +264,6 @@ impl KubeTarget {
             .collect())
     }
 
-    /// The names of the cluster's nodes.
-    pub async fn node_names(&self) -> Result<Vec<String>, KubeError> {
-        let api = self.api("v1", "Node", "");
-        let list = api
-            .list(&Default::default())
-            .await
-            .map_err(|e| self.error("list nodes", e))?;
-        let mut names: Vec<String> = list
-            .items
-            .into_iter()
-            .filter_map(|n| n.metadata.name)
-            .collect();
-        names.sort();
-        Ok(names)
-    }
-
     /// Server-side apply of one object (field manager `clustermesh`, taking over fields
     /// another manager set). Says whether anything changed.
     pub async fn apply(&self, object: &Value) -> Result<Applied, KubeError> {

@@ -4,7 +4,6 @@
 //! flags follow `terraform/modules/clustermesh`, so that a cluster set up either way looks the
 //! same; the differences are listed in [`render`].
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
@@ -22,6 +21,8 @@ pub const CA_SECRET: &str = "clustermesh-ca";
 pub const CA_KEY_SECRET: &str = "clustermesh-ca-key";
 pub const ETCD_SERVER_SECRET: &str = "clustermesh-etcd-server-tls";
 pub const APISERVER_SECRET: &str = "clustermesh-apiserver-tls";
+/// Per-node agent certificates of earlier versions (before the apiserver issued them); no
+/// longer rendered, still deleted by `disable` and read by `troubleshoot` where it exists.
 pub const AGENT_SECRET: &str = "clustermesh-agent-tls";
 pub const PEERS_SECRET: &str = "clustermesh-peers";
 
@@ -29,11 +30,20 @@ pub const ETCD_PORT: u16 = 2379;
 pub const TUNNEL_PORT: u16 = 4244;
 pub const APISERVER_HEALTH_PORT: u16 = 9880;
 pub const AGENT_STATUS_PORT: u16 = 9964;
+/// The apiserver's agent certificate issuer (`clustermesh-apiserver/src/agent_certs.rs`).
+pub const AGENT_CERTS_PORT: u16 = 9965;
+/// The audience of the agents' projected ServiceAccount token, as the issuer expects it.
+pub const AGENT_TOKEN_AUDIENCE: &str = "clustermesh-apiserver";
+/// Lifetime of that token (the kubelet rotates it; 10 minutes is the shortest allowed).
+pub const AGENT_TOKEN_SECONDS: u32 = 600;
 
 const CA_DIR: &str = "/etc/clustermesh/ca";
 const ETCD_TLS_DIR: &str = "/etc/clustermesh/etcd-server";
 const CLIENT_TLS_DIR: &str = "/etc/clustermesh/etcd-client";
+const CA_KEY_DIR: &str = "/etc/clustermesh/ca-key";
+/// Where each agent keeps the key and certificate it obtained (an in-memory emptyDir).
 const AGENT_TLS_DIR: &str = "/etc/clustermesh/agent";
+const AGENT_TOKEN_DIR: &str = "/var/run/secrets/clustermesh";
 const PEERS_DIR: &str = "/var/lib/clustermesh/peers";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,8 +90,6 @@ pub struct MeshSettings {
     pub etcd_image: String,
     /// Priority class of the agents; empty for none.
     pub agent_priority_class: String,
-    /// The nodes that get an agent certificate.
-    pub nodes: Vec<String>,
 }
 
 impl MeshSettings {
@@ -130,29 +138,33 @@ impl MeshSettings {
         }
     }
 
+    /// The apiserver: etcd client (CN `clustermesh-apiserver`, etcd's root user) and the
+    /// server certificate of its agent certificate issuer, named as agents dial it.
     pub fn apiserver_spec(&self) -> LeafSpec {
+        let ns = &self.namespace;
         LeafSpec {
             purpose: "apiserver".into(),
             common_name: "clustermesh-apiserver".into(),
-            dns_names: vec![],
+            dns_names: vec![
+                APISERVER.to_string(),
+                format!("{APISERVER}.{ns}"),
+                format!("{APISERVER}.{ns}.svc"),
+                format!("{APISERVER}.{ns}.svc.cluster.local"),
+            ],
             ip_addresses: vec![],
             uris: vec![self.spiffe("apiserver")],
-            server: false,
+            server: true,
             client: true,
         }
     }
 
-    /// A node's agent: etcd user `agent-<node>` and tunnel identity `…/node/<node>`.
-    pub fn agent_spec(&self, node: &str) -> LeafSpec {
-        LeafSpec {
-            purpose: format!("agent on node {node}"),
-            common_name: format!("agent-{node}"),
-            dns_names: vec![],
-            ip_addresses: vec![],
-            uris: vec![self.spiffe(&format!("node/{node}"))],
-            server: true,
-            client: true,
-        }
+    /// Where agents get their certificates (CN `agent-<node>`, SPIFFE `…/node/<node>`, both
+    /// checked by the issuer against the node their bound ServiceAccount token names).
+    pub fn agent_certs_endpoint(&self) -> String {
+        format!(
+            "https://{APISERVER}.{}.svc:{AGENT_CERTS_PORT}",
+            self.namespace
+        )
     }
 
     /// The read-only client certificate this cluster's CA issues for `peer` (etcd user
@@ -176,8 +188,6 @@ pub struct Certificates {
     pub ca: KeyPairPem,
     pub etcd_server: KeyPairPem,
     pub apiserver: KeyPairPem,
-    /// By node name.
-    pub agents: BTreeMap<String, KeyPairPem>,
 }
 
 fn bytes(text: &str) -> Value {
@@ -199,11 +209,14 @@ fn hash(parts: &[&str]) -> String {
 
 /// The objects in the order they are applied (namespace first, workloads last).
 ///
+/// Agents hold no certificate made here: each obtains its own (CN `agent-<node>`) from the
+/// apiserver's issuer with its pod's bound ServiceAccount token, so nodes that join later need
+/// nothing from `enable`. The apiserver mounts the `clustermesh-ca-key` Secret for that (and
+/// `connect` issues peer certificates from it).
+///
 /// Differences from the Terraform module: a `clustermesh-config` ConfigMap (the cluster's name,
-/// ID and advertised endpoints, read by `connect` and `status`); a `clustermesh-ca-key` Secret
-/// (the CA key, from which `connect` issues peer certificates and a second `enable` renews
-/// leaves; no pod mounts it); one agent certificate per node (`<node>.crt`), so that each agent
-/// is its own etcd user and tunnel identity, as the apiserver's security model expects.
+/// ID and advertised endpoints, read by `connect` and `status`), and labels saying who manages
+/// the objects.
 pub fn render(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
     let mut objects = render_objects(settings, certs);
     if !settings.agent_priority_class.is_empty()
@@ -244,12 +257,6 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
         |name: &str, labels: &Value| json!({"name": name, "namespace": ns, "labels": labels});
     let cluster_role = format!("clustermesh-apiserver-{name}");
 
-    let mut agent_data = serde_json::Map::new();
-    agent_data.insert("ca.crt".into(), bytes(&certs.ca.cert));
-    for (node, pem) in &certs.agents {
-        agent_data.insert(format!("{node}.crt"), bytes(&pem.cert));
-        agent_data.insert(format!("{node}.key"), bytes(&pem.key));
-    }
     let tls_secret = |secret: &str, pem: &KeyPairPem| {
         json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -267,9 +274,8 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
         &certs.etcd_server.cert,
         &certs.apiserver.cert,
     ]);
-    let mut agent_parts = vec![certs.ca.cert.as_str()];
-    agent_parts.extend(certs.agents.values().map(|p| p.cert.as_str()));
-    let agent_certs_hash = hash(&agent_parts);
+    // Agents restart on a new CA (they verify etcd, the issuer and the tunnel with it).
+    let agent_certs_hash = hash(&[&certs.ca.cert]);
 
     let mut service_port = json!({
         "name": "etcd", "protocol": "TCP", "port": ETCD_PORT, "targetPort": ETCD_PORT,
@@ -307,6 +313,9 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
                  "verbs": ["get", "list", "watch"]},
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
                  "verbs": ["get", "list", "watch"]},
+                // The agent certificate issuer reviews the agents' ServiceAccount tokens.
+                {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                 "verbs": ["create"]},
             ],
         }),
         json!({
@@ -345,18 +354,22 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
         tls_secret(ETCD_SERVER_SECRET, &certs.etcd_server),
         tls_secret(APISERVER_SECRET, &certs.apiserver),
         json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": meta(AGENT_SECRET, &common),
-            "type": "Opaque",
-            "data": agent_data,
-        }),
-        json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": meta(ETCD_SERVICE, &apiserver_labels),
             "spec": {
                 "type": settings.service_type.as_str(),
                 "selector": apiserver_selector,
                 "ports": [service_port],
+            },
+        }),
+        // The agent certificate issuer, inside the cluster only.
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": meta(APISERVER, &apiserver_labels),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": apiserver_selector,
+                "ports": [{"name": "agent-certs", "protocol": "TCP", "port": AGENT_CERTS_PORT, "targetPort": AGENT_CERTS_PORT}],
             },
         }),
         json!({
@@ -425,8 +438,18 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
                                     format!("--peers-dir={PEERS_DIR}"),
                                     format!("--health-addr=0.0.0.0:{APISERVER_HEALTH_PORT}"),
                                     format!("--cluster-ca={CA_DIR}/ca.crt"),
+                                    format!("--agent-certs-ca-key={CA_KEY_DIR}/ca.key"),
+                                    format!("--agent-certs-addr=0.0.0.0:{AGENT_CERTS_PORT}"),
+                                    format!("--agent-certs-tls-cert={CLIENT_TLS_DIR}/tls.crt"),
+                                    format!("--agent-certs-tls-key={CLIENT_TLS_DIR}/tls.key"),
+                                    format!("--agent-certs-audience={AGENT_TOKEN_AUDIENCE}"),
+                                    format!("--agent-service-account=system:serviceaccount:{ns}:{AGENT}"),
+                                    format!("--trust-domain={}", settings.trust_domain),
                                 ],
-                                "ports": [{"name": "health", "containerPort": APISERVER_HEALTH_PORT, "protocol": "TCP"}],
+                                "ports": [
+                                    {"name": "health", "containerPort": APISERVER_HEALTH_PORT, "protocol": "TCP"},
+                                    {"name": "agent-certs", "containerPort": AGENT_CERTS_PORT, "protocol": "TCP"},
+                                ],
                                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": APISERVER_HEALTH_PORT}, "periodSeconds": 5},
                                 "livenessProbe": {
                                     "httpGet": {"path": "/healthz", "port": APISERVER_HEALTH_PORT},
@@ -434,6 +457,7 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
                                 },
                                 "volumeMounts": [
                                     {"name": "ca", "mountPath": CA_DIR, "readOnly": true},
+                                    {"name": "ca-key", "mountPath": CA_KEY_DIR, "readOnly": true},
                                     {"name": "apiserver-tls", "mountPath": CLIENT_TLS_DIR, "readOnly": true},
                                     {"name": "peers", "mountPath": PEERS_DIR, "readOnly": true},
                                 ],
@@ -445,6 +469,11 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
                             {"name": "etcd-server-tls", "secret": {"secretName": ETCD_SERVER_SECRET}},
                             {"name": "apiserver-tls", "secret": {"secretName": APISERVER_SECRET}},
                             {"name": "ca", "secret": {"secretName": CA_SECRET}},
+                            // Only the key: the issuer signs agent certificates with it.
+                            {"name": "ca-key", "secret": {
+                                "secretName": CA_KEY_SECRET, "defaultMode": 0o440,
+                                "items": [{"key": "ca.key", "path": "ca.key"}],
+                            }},
                             // Written by `clustermesh connect`; watched, so peers come and go
                             // without a restart.
                             {"name": "peers", "secret": {"secretName": PEERS_SECRET, "optional": true}},
@@ -477,19 +506,23 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
                             "image": settings.image,
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["clustermesh-agent"],
-                            // The node name comes first: the certificate paths below use it.
                             "env": [
                                 {"name": "CLUSTERMESH_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                                 {"name": "CLUSTERMESH_NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
                                 env("CLUSTERMESH_CLUSTER_NAME", name.clone()),
                                 env("CLUSTERMESH_CLUSTER_ID", settings.cluster_id.to_string()),
                                 env("CLUSTERMESH_ETCD_ENDPOINTS", format!("https://{ETCD_SERVICE}.{ns}.svc:{ETCD_PORT}")),
-                                env("CLUSTERMESH_ETCD_CA", format!("{AGENT_TLS_DIR}/ca.crt")),
-                                env("CLUSTERMESH_ETCD_CERT", format!("{AGENT_TLS_DIR}/$(CLUSTERMESH_NODE_NAME).crt")),
-                                env("CLUSTERMESH_ETCD_KEY", format!("{AGENT_TLS_DIR}/$(CLUSTERMESH_NODE_NAME).key")),
-                                env("CLUSTERMESH_TUNNEL_CA", format!("{AGENT_TLS_DIR}/ca.crt")),
-                                env("CLUSTERMESH_TUNNEL_CERT", format!("{AGENT_TLS_DIR}/$(CLUSTERMESH_NODE_NAME).crt")),
-                                env("CLUSTERMESH_TUNNEL_KEY", format!("{AGENT_TLS_DIR}/$(CLUSTERMESH_NODE_NAME).key")),
+                                env("CLUSTERMESH_ETCD_CA", format!("{CA_DIR}/ca.crt")),
+                                env("CLUSTERMESH_ETCD_CERT", format!("{AGENT_TLS_DIR}/tls.crt")),
+                                env("CLUSTERMESH_ETCD_KEY", format!("{AGENT_TLS_DIR}/tls.key")),
+                                env("CLUSTERMESH_TUNNEL_CA", format!("{CA_DIR}/ca.crt")),
+                                env("CLUSTERMESH_TUNNEL_CERT", format!("{AGENT_TLS_DIR}/tls.crt")),
+                                env("CLUSTERMESH_TUNNEL_KEY", format!("{AGENT_TLS_DIR}/tls.key")),
+                                // The agent obtains those two files from the apiserver at start.
+                                env("CLUSTERMESH_BOOTSTRAP_ENDPOINT", settings.agent_certs_endpoint()),
+                                env("CLUSTERMESH_BOOTSTRAP_CA", format!("{CA_DIR}/ca.crt")),
+                                env("CLUSTERMESH_BOOTSTRAP_TOKEN", format!("{AGENT_TOKEN_DIR}/token")),
+                                env("CLUSTERMESH_BOOTSTRAP_CERT_DIR", AGENT_TLS_DIR.to_string()),
                                 env("CLUSTERMESH_TRUST_DOMAIN", settings.trust_domain.clone()),
                                 env("CLUSTERMESH_PEERS_DIR", PEERS_DIR.to_string()),
                                 env("CLUSTERMESH_NODE_CGROUP", "/run/clustermesh/cgroupv2".to_string()),
@@ -508,14 +541,25 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
                             "volumeMounts": [
                                 {"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "Bidirectional"},
                                 {"name": "cgroup", "mountPath": "/run/clustermesh/cgroupv2"},
-                                {"name": "agent-tls", "mountPath": AGENT_TLS_DIR, "readOnly": true},
+                                {"name": "ca", "mountPath": CA_DIR, "readOnly": true},
+                                {"name": "agent-tls", "mountPath": AGENT_TLS_DIR},
+                                {"name": "agent-token", "mountPath": AGENT_TOKEN_DIR, "readOnly": true},
                                 {"name": "peers", "mountPath": PEERS_DIR, "readOnly": true},
                             ],
                         }],
                         "volumes": [
                             {"name": "bpffs", "hostPath": {"path": "/sys/fs/bpf", "type": "DirectoryOrCreate"}},
                             {"name": "cgroup", "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}},
-                            {"name": "agent-tls", "secret": {"secretName": AGENT_SECRET}},
+                            {"name": "ca", "secret": {"secretName": CA_SECRET}},
+                            // The key and certificate the agent obtains; in memory, for the
+                            // pod's lifetime (a container restart keeps them).
+                            {"name": "agent-tls", "emptyDir": {"medium": "Memory"}},
+                            // Bound to the pod and its node: what the issuer trusts.
+                            {"name": "agent-token", "projected": {"sources": [{"serviceAccountToken": {
+                                "audience": AGENT_TOKEN_AUDIENCE,
+                                "expirationSeconds": AGENT_TOKEN_SECONDS,
+                                "path": "token",
+                            }}]}},
                             {"name": "peers", "secret": {"secretName": PEERS_SECRET, "optional": true}},
                         ],
                     },

@@ -1,9 +1,11 @@
 //! Certificates of a cluster's mesh (rcgen, ECDSA P-256), the same set the Terraform module
-//! issues: the cluster CA, the etcd server certificate, the apiserver's etcd client
-//! certificate (CN `clustermesh-apiserver`, etcd's root user), one certificate per node agent
-//! (CN `agent-<node>`: etcd user and tunnel identity) and, at `connect`, a read-only client
-//! certificate (CN `remote`) for each peer. Every certificate carries a SPIFFE URI
-//! `spiffe://<trust domain>/cluster/<cluster>/<role>`.
+//! issues: the cluster CA, the etcd server certificate, the apiserver's certificate (CN
+//! `clustermesh-apiserver`: etcd's root user as a client, and the server certificate of its
+//! agent certificate issuer) and, at `connect`, a read-only client certificate (CN `remote`)
+//! for each peer. Every certificate carries a SPIFFE URI
+//! `spiffe://<trust domain>/cluster/<cluster>/<role>`. Node agents are not issued anything
+//! here: each gets CN `agent-<node>` with `…/node/<node>` from the apiserver's issuer
+//! (`clustermesh-apiserver/src/agent_certs.rs`), signed with the same CA.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -178,7 +180,7 @@ impl Ca {
 /// What a leaf certificate must say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafSpec {
-    /// For error messages: "etcd server", "agent on node-1", ...
+    /// For error messages: "etcd server", "apiserver", "peer west", ...
     pub purpose: String,
     pub common_name: String,
     pub dns_names: Vec<String>,

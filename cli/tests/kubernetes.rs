@@ -130,7 +130,6 @@ async fn enable_applies_the_objects_and_twice_changes_nothing() {
         "clustermesh-ca-key",
         "clustermesh-etcd-server-tls",
         "clustermesh-apiserver-tls",
-        "clustermesh-agent-tls",
     ] {
         let object = fake.get(ResourceKind::Secret, ns, secret).expect(secret);
         // Applied by server-side apply, by our field manager.
@@ -140,11 +139,15 @@ async fn enable_applies_the_objects_and_twice_changes_nothing() {
         );
         assert_eq!(object["metadata"]["managedFields"][0]["operation"], "Apply");
     }
-    let agents = fake
-        .get(ResourceKind::Secret, ns, "clustermesh-agent-tls")
-        .unwrap();
-    let node_cert = secret_text(&agents, "node-2.crt");
-    assert!(node_cert.contains("BEGIN CERTIFICATE"));
+    // No agent certificates are made here: agents get theirs from the apiserver's issuer.
+    assert!(
+        fake.get(ResourceKind::Secret, ns, "clustermesh-agent-tls")
+            .is_none()
+    );
+    assert_eq!(
+        role["rules"][2],
+        serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
+    );
     let etcd = fake
         .get(ResourceKind::Secret, ns, "clustermesh-etcd-server-tls")
         .unwrap();
@@ -157,12 +160,20 @@ async fn enable_applies_the_objects_and_twice_changes_nothing() {
         .get(ResourceKind::Deployment, ns, "clustermesh-apiserver")
         .unwrap();
     let args = deployment["spec"]["template"]["spec"]["containers"][1]["args"].clone();
-    assert!(
-        args.as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a == "--cluster-name=east")
-    );
+    for flag in [
+        "--cluster-name=east",
+        "--agent-certs-ca-key=/etc/clustermesh/ca-key/ca.key",
+        "--agent-service-account=system:serviceaccount:clustermesh:clustermesh-agent",
+    ] {
+        assert!(
+            args.as_array().unwrap().iter().any(|a| a == flag),
+            "{flag}: {args}"
+        );
+    }
+    let issuer = fake
+        .get(ResourceKind::Service, ns, "clustermesh-apiserver")
+        .expect("the issuer's Service");
+    assert_eq!(issuer["spec"]["ports"][0]["port"], 9965);
     let daemonset = fake
         .get(ResourceKind::DaemonSet, ns, "clustermesh-agent")
         .unwrap();
@@ -174,6 +185,16 @@ async fn enable_applies_the_objects_and_twice_changes_nothing() {
     assert!(
         mounts.contains("/sys/fs/bpf") && mounts.contains("cgroupv2"),
         "{mounts}"
+    );
+    let volumes = pod["volumes"].to_string();
+    assert!(
+        volumes.contains("\"audience\":\"clustermesh-apiserver\""),
+        "a projected token for the issuer: {volumes}"
+    );
+    let env = pod["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("https://clustermesh-apiserver.clustermesh.svc:9965"),
+        "{env}"
     );
 
     // Twice: every object unchanged, no resource version moved.
@@ -195,32 +216,14 @@ async fn enable_applies_the_objects_and_twice_changes_nothing() {
         "the second enable did not apply at all"
     );
 
-    // A new node gets its certificate; nothing else is re-issued.
-    let ca_before = fake
-        .get(ResourceKind::Secret, ns, "clustermesh-ca")
-        .unwrap();
+    // A new node needs nothing from `enable` (its agent asks the issuer).
     let mut n = Node::default();
     n.metadata.name = Some("node-3".into());
     fake.apply(&n);
+    let version = fake.resource_version();
     let out = ok(cli(&cluster.kubeconfig, &ENABLE_EAST[..3]).await);
-    assert!(
-        out.contains("Secret clustermesh/clustermesh-agent-tls configured"),
-        "{out}"
-    );
-    assert!(
-        out.contains("Secret clustermesh/clustermesh-etcd-server-tls unchanged"),
-        "{out}"
-    );
-    let agents_after = fake
-        .get(ResourceKind::Secret, ns, "clustermesh-agent-tls")
-        .unwrap();
-    assert_eq!(secret_text(&agents_after, "node-2.crt"), node_cert);
-    assert!(agents_after["data"]["node-3.crt"].is_string());
-    assert_eq!(
-        fake.get(ResourceKind::Secret, ns, "clustermesh-ca")
-            .unwrap()["metadata"]["resourceVersion"],
-        ca_before["metadata"]["resourceVersion"]
-    );
+    assert!(out.contains("nothing changed"), "{out}");
+    assert_eq!(fake.resource_version(), version);
 }
 
 /// What a client applied, without what the server adds.
@@ -287,21 +290,14 @@ async fn manifests_equal_what_enable_applied() {
         );
     }
     assert_eq!(count, 14, "{yaml}");
-    // Without a cluster, a fresh CA and the nodes given.
+    // Without a cluster, a fresh CA; no per-node certificates.
     let yaml = ok(cli(
         &cluster.kubeconfig,
-        &[
-            "manifests",
-            "--cluster-name",
-            "west",
-            "--cluster-id",
-            "2",
-            "--node",
-            "w1",
-        ],
+        &["manifests", "--cluster-name", "west", "--cluster-id", "2"],
     )
     .await);
-    assert!(yaml.contains("w1.crt") && yaml.contains("--cluster-name=west"));
+    assert!(yaml.contains("--cluster-name=west"));
+    assert!(!yaml.contains("clustermesh-agent-tls"), "{yaml}");
     assert!(yaml.contains("priorityClassName: system-node-critical"));
     let yaml = ok(cli(
         &cluster.kubeconfig,
@@ -311,8 +307,6 @@ async fn manifests_equal_what_enable_applied() {
             "west",
             "--cluster-id",
             "2",
-            "--node",
-            "w1",
             "--agent-priority-class",
             "",
         ],
