@@ -1,6 +1,8 @@
 # The node agent on every node: host network (the tunnel listens on the node's address),
 # privileged (it loads eBPF programs, attaches them to the host's cgroup v2 root and adds
-# routes), with bpffs so that pinned maps survive a restart of the agent.
+# routes), with bpffs so that pinned maps survive a restart of the agent. Each agent obtains
+# its own certificate (CN agent-<node>) from the apiserver's issuer at start, with a projected
+# ServiceAccount token bound to its pod and node, so nodes that join later need nothing here.
 
 resource "kubernetes_daemon_set_v1" "agent" {
   metadata {
@@ -28,10 +30,8 @@ resource "kubernetes_daemon_set_v1" "agent" {
       metadata {
         labels = local.agent_labels
         annotations = {
-          "clustermesh.io/certificates" = sha256(join("", [
-            local.ca_cert_pem,
-            tls_locally_signed_cert.leaf["agent"].cert_pem,
-          ]))
+          # Restart on a new CA (agents verify etcd, the issuer and the tunnel with it).
+          "clustermesh.io/certificates" = sha256(local.ca_cert_pem)
         }
       }
 
@@ -69,7 +69,7 @@ resource "kubernetes_daemon_set_v1" "agent" {
           }
           env {
             name  = "CLUSTERMESH_ETCD_CA"
-            value = "${local.agent_tls_dir}/ca.crt"
+            value = "${local.ca_dir}/ca.crt"
           }
           env {
             name  = "CLUSTERMESH_ETCD_CERT"
@@ -81,7 +81,7 @@ resource "kubernetes_daemon_set_v1" "agent" {
           }
           env {
             name  = "CLUSTERMESH_TUNNEL_CA"
-            value = "${local.agent_tls_dir}/ca.crt"
+            value = "${local.ca_dir}/ca.crt"
           }
           env {
             name  = "CLUSTERMESH_TUNNEL_CERT"
@@ -90,6 +90,23 @@ resource "kubernetes_daemon_set_v1" "agent" {
           env {
             name  = "CLUSTERMESH_TUNNEL_KEY"
             value = "${local.agent_tls_dir}/tls.key"
+          }
+          # The agent obtains the tls.crt/tls.key above from the apiserver at start.
+          env {
+            name  = "CLUSTERMESH_BOOTSTRAP_ENDPOINT"
+            value = local.agent_certs_endpoint
+          }
+          env {
+            name  = "CLUSTERMESH_BOOTSTRAP_CA"
+            value = "${local.ca_dir}/ca.crt"
+          }
+          env {
+            name  = "CLUSTERMESH_BOOTSTRAP_TOKEN"
+            value = "${local.agent_token_dir}/token"
+          }
+          env {
+            name  = "CLUSTERMESH_BOOTSTRAP_CERT_DIR"
+            value = local.agent_tls_dir
           }
           env {
             name  = "CLUSTERMESH_TRUST_DOMAIN"
@@ -165,8 +182,17 @@ resource "kubernetes_daemon_set_v1" "agent" {
             mount_path = "/run/clustermesh/cgroupv2"
           }
           volume_mount {
+            name       = "ca"
+            mount_path = local.ca_dir
+            read_only  = true
+          }
+          volume_mount {
             name       = "agent-tls"
             mount_path = local.agent_tls_dir
+          }
+          volume_mount {
+            name       = "agent-token"
+            mount_path = local.agent_token_dir
             read_only  = true
           }
           volume_mount {
@@ -191,9 +217,30 @@ resource "kubernetes_daemon_set_v1" "agent" {
           }
         }
         volume {
-          name = "agent-tls"
+          name = "ca"
           secret {
-            secret_name = kubernetes_secret_v1.tls["agent"].metadata[0].name
+            secret_name = kubernetes_secret_v1.ca.metadata[0].name
+          }
+        }
+        # The key and certificate the agent obtains; in memory, for the pod's lifetime (a
+        # container restart keeps them).
+        volume {
+          name = "agent-tls"
+          empty_dir {
+            medium = "Memory"
+          }
+        }
+        # Bound to the pod and its node: what the issuer trusts.
+        volume {
+          name = "agent-token"
+          projected {
+            sources {
+              service_account_token {
+                audience           = local.agent_token_audience
+                expiration_seconds = 600
+                path               = "token"
+              }
+            }
           }
         }
         volume {

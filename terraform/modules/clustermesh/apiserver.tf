@@ -34,6 +34,27 @@ resource "kubernetes_service_v1" "etcd" {
   }
 }
 
+# The agent certificate issuer, inside the cluster only.
+resource "kubernetes_service_v1" "apiserver" {
+  metadata {
+    name      = local.apiserver_service_name
+    namespace = local.namespace
+    labels    = local.apiserver_labels
+  }
+
+  spec {
+    type     = "ClusterIP"
+    selector = local.apiserver_selector
+
+    port {
+      name        = "agent-certs"
+      protocol    = "TCP"
+      port        = local.agent_certs_port
+      target_port = local.agent_certs_port
+    }
+  }
+}
+
 resource "kubernetes_deployment_v1" "apiserver" {
   metadata {
     name      = "clustermesh-apiserver"
@@ -151,11 +172,23 @@ resource "kubernetes_deployment_v1" "apiserver" {
             "--peers-dir=${local.peers_dir}",
             "--health-addr=0.0.0.0:${local.apiserver_health}",
             "--cluster-ca=${local.ca_dir}/ca.crt",
+            "--agent-certs-ca-key=${local.ca_key_dir}/ca.key",
+            "--agent-certs-addr=0.0.0.0:${local.agent_certs_port}",
+            "--agent-certs-tls-cert=${local.client_tls_dir}/tls.crt",
+            "--agent-certs-tls-key=${local.client_tls_dir}/tls.key",
+            "--agent-certs-audience=${local.agent_token_audience}",
+            "--agent-service-account=system:serviceaccount:${local.namespace}:${kubernetes_service_account_v1.agent.metadata[0].name}",
+            "--trust-domain=${var.trust_domain}",
           ]
 
           port {
             name           = "health"
             container_port = local.apiserver_health
+            protocol       = "TCP"
+          }
+          port {
+            name           = "agent-certs"
+            container_port = local.agent_certs_port
             protocol       = "TCP"
           }
 
@@ -179,6 +212,11 @@ resource "kubernetes_deployment_v1" "apiserver" {
           volume_mount {
             name       = "ca"
             mount_path = local.ca_dir
+            read_only  = true
+          }
+          volume_mount {
+            name       = "ca-key"
+            mount_path = local.ca_key_dir
             read_only  = true
           }
           volume_mount {
@@ -221,6 +259,18 @@ resource "kubernetes_deployment_v1" "apiserver" {
           name = "ca"
           secret {
             secret_name = kubernetes_secret_v1.ca.metadata[0].name
+          }
+        }
+        # Only the key: the issuer signs agent certificates with it.
+        volume {
+          name = "ca-key"
+          secret {
+            secret_name  = kubernetes_secret_v1.ca_key.metadata[0].name
+            default_mode = "0440"
+            items {
+              key  = "ca.key"
+              path = "ca.key"
+            }
           }
         }
         # Written by the connect module; the apiserver watches the directory, so peers come

@@ -1,6 +1,8 @@
 # The cluster CA (generated unless var.ca is given) and the leaf certificates, all ECDSA P-256.
 # etcd maps a client certificate's common name to its user (clustermesh-apiserver/src/security.rs):
-# `clustermesh-apiserver` is root, `remote` may only read what peers mirror.
+# `clustermesh-apiserver` is root, `remote` may only read what peers mirror. Node agents get no
+# certificate here: each obtains its own (CN agent-<node>) from the apiserver's issuer, which
+# signs with the CA key in the clustermesh-ca-key Secret (see README.md).
 
 locals {
   generate_ca = var.ca == null
@@ -44,21 +46,18 @@ locals {
       uris         = []
       uses         = ["digital_signature", "key_encipherment", "server_auth"]
     }
+    # etcd client (root) and the server certificate of the agent certificate issuer, named
+    # as the agents dial it.
     apiserver = {
-      common_name  = "clustermesh-apiserver"
-      dns_names    = []
+      common_name = "clustermesh-apiserver"
+      dns_names = [
+        local.apiserver_service_name,
+        "${local.apiserver_service_name}.${local.namespace}",
+        "${local.apiserver_service_name}.${local.namespace}.svc",
+        "${local.apiserver_service_name}.${local.namespace}.svc.cluster.local",
+      ]
       ip_addresses = []
       uris         = ["${local.spiffe_cluster}/apiserver"]
-      uses         = ["digital_signature", "key_encipherment", "client_auth"]
-    }
-    # One certificate for every node agent: etcd client and tunnel (server and client).
-    # See "Known limitations" in README.md: the apiserver expects one agent-<node> identity
-    # per node, which Terraform cannot issue for nodes that join later.
-    agent = {
-      common_name  = "agent-shared"
-      dns_names    = []
-      ip_addresses = []
-      uris         = ["${local.spiffe_cluster}/node/shared"]
       uses         = ["digital_signature", "key_encipherment", "client_auth", "server_auth"]
     }
     # Given to the other clusters, so that their apiservers can mirror this cluster read-only.
@@ -138,8 +137,22 @@ resource "kubernetes_secret_v1" "ca" {
   }
 }
 
+# The CA key, for the apiserver's agent certificate issuer (mounted there only, key only).
+resource "kubernetes_secret_v1" "ca_key" {
+  metadata {
+    name      = "clustermesh-ca-key"
+    namespace = local.namespace
+    labels    = local.common_labels
+  }
+
+  data = {
+    "ca.crt" = local.ca_cert_pem
+    "ca.key" = local.ca_key_pem
+  }
+}
+
 resource "kubernetes_secret_v1" "tls" {
-  for_each = toset(["etcd-server", "apiserver", "agent"])
+  for_each = toset(["etcd-server", "apiserver"])
 
   metadata {
     name      = "clustermesh-${each.key}-tls"

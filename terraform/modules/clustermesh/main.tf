@@ -27,15 +27,24 @@ locals {
   agent_status_port = 9964
   etcd_service_name = "clustermesh-etcd"
 
+  # The apiserver's agent certificate issuer (clustermesh-apiserver/src/agent_certs.rs): agents
+  # trade a projected ServiceAccount token for this audience and a CSR for their certificate.
+  apiserver_service_name = "clustermesh-apiserver"
+  agent_certs_port       = 9965
+  agent_token_audience   = "clustermesh-apiserver"
+  agent_certs_endpoint   = "https://${local.apiserver_service_name}.${local.namespace}.svc:${local.agent_certs_port}"
+
   # What the node agents of this cluster dial: the Service's cluster DNS name.
   in_cluster_etcd_endpoint = "https://${local.etcd_service_name}.${local.namespace}.svc:${local.etcd_port}"
 
   # Where files are mounted in the containers.
-  ca_dir         = "/etc/clustermesh/ca"
-  etcd_tls_dir   = "/etc/clustermesh/etcd-server"
-  client_tls_dir = "/etc/clustermesh/etcd-client"
-  agent_tls_dir  = "/etc/clustermesh/agent"
-  peers_dir      = "/var/lib/clustermesh/peers"
+  ca_dir          = "/etc/clustermesh/ca"
+  etcd_tls_dir    = "/etc/clustermesh/etcd-server"
+  client_tls_dir  = "/etc/clustermesh/etcd-client"
+  ca_key_dir      = "/etc/clustermesh/ca-key"
+  agent_tls_dir   = "/etc/clustermesh/agent"
+  agent_token_dir = "/var/run/secrets/clustermesh"
+  peers_dir       = "/var/lib/clustermesh/peers"
 }
 
 resource "kubernetes_namespace_v1" "this" {
@@ -61,12 +70,14 @@ resource "kubernetes_service_account_v1" "agent" {
     namespace = local.namespace
     labels    = local.agent_labels
   }
-  # The agents read only their local etcd; they need no Kubernetes API access.
+  # The agents read only their local etcd; they need no Kubernetes API access. Their only
+  # token is the projected one for the apiserver's issuer (agent.tf).
   automount_service_account_token = false
 }
 
 # The apiserver watches the cluster's services, endpoint slices, pods, nodes and namespaces and
-# publishes the global ones; it changes nothing in Kubernetes.
+# publishes the global ones; it changes nothing in Kubernetes. It reviews the agents'
+# ServiceAccount tokens before it issues them certificates.
 resource "kubernetes_cluster_role_v1" "apiserver" {
   metadata {
     name   = "clustermesh-apiserver-${var.cluster_name}"
@@ -83,6 +94,12 @@ resource "kubernetes_cluster_role_v1" "apiserver" {
     api_groups = ["discovery.k8s.io"]
     resources  = ["endpointslices"]
     verbs      = ["get", "list", "watch"]
+  }
+
+  rule {
+    api_groups = ["authentication.k8s.io"]
+    resources  = ["tokenreviews"]
+    verbs      = ["create"]
   }
 }
 
