@@ -215,6 +215,8 @@ pub enum ConfigError {
     TrustDomain(String),
     #[error("--dns-ttl must be whole seconds between 0s and 1h, not {0:?}")]
     DnsTtl(Duration),
+    #[error(transparent)]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
 }
 
 /// The checked configuration.
@@ -251,6 +253,8 @@ pub struct Config {
     pub grpc_addr: Option<SocketAddr>,
     /// `None` with --dns-disable.
     pub dns: Option<crate::dns::DnsSettings>,
+    /// Where this node's certificate comes from, with --bootstrap-endpoint (`bootstrap.rs`).
+    pub bootstrap: Option<crate::bootstrap::BootstrapSettings>,
 }
 
 /// The tunnel's part of the configuration.
@@ -288,6 +292,12 @@ impl Config {
         if !is_dns_subdomain(&args.node_name) {
             return Err(ConfigError::NodeName(args.node_name));
         }
+        let bootstrap = crate::bootstrap::BootstrapSettings::from_args(
+            &args.bootstrap,
+            &args.trust_domain,
+            &args.cluster_name,
+            &args.node_name,
+        )?;
         if args.lease_ttl < Duration::from_secs(2) {
             return Err(ConfigError::LeaseTtl(args.lease_ttl));
         }
@@ -379,6 +389,7 @@ impl Config {
             grpc_socket: (args.grpc_socket.as_os_str() != "none").then_some(args.grpc_socket),
             grpc_addr: args.grpc_addr,
             dns,
+            bootstrap,
         })
     }
 }
