@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use clustermesh_model::{ExpectedCluster, IdentityId, Key, KeySchema};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -54,9 +54,8 @@ impl IdentityAllocator {
         grace: Duration,
     ) -> Result<Self, IdentityError> {
         let prefix = schema.identity_allocation_prefix(&cluster.name);
-        let resp = client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        // Paged: 10k label sets make a response larger than the gRPC limit.
+        let (kvs, _) = clustermesh_store::list(&mut client, &prefix).await?;
         let mut allocator = Self {
             client,
             schema,
@@ -66,7 +65,7 @@ impl IdentityAllocator {
             by_local: BTreeMap::new(),
             unused_since: HashMap::new(),
         };
-        for kv in resp.kvs() {
+        for kv in &kvs {
             let key = String::from_utf8_lossy(kv.key());
             let local = match allocator.schema.parse(&key) {
                 Ok(Key::IdentityAllocation { id, .. }) => id,

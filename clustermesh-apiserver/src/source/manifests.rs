@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 use serde_yaml_ng::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -92,7 +93,12 @@ impl ManifestsSource {
 
     pub async fn run(self, views: ViewSender) -> Result<(), ManifestsError> {
         let (tx, mut changes) = mpsc::channel::<()>(1);
-        let mut watcher = notify::recommended_watcher(move |_event| {
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            if let Ok(event) = &event
+                && !changes_content(&event.kind)
+            {
+                return;
+            }
             // A full channel already means "something changed"; dropping the rest is fine.
             let _ = tx.try_send(());
         })
@@ -215,6 +221,17 @@ struct Rescan {
     problems: Vec<FileProblem>,
     /// Whether the union of the files' objects may differ from the last view.
     objects_changed: bool,
+}
+
+/// Whether a file-system event may change what the directory holds. Opening and reading are
+/// not: without this filter our own reads (and listing the directory) woke the next rescan,
+/// forever. A file closed after writing is (inotify's close-write arrives as an access event).
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// Every `.yaml`, `.yml` and `.json` file under `dir`, recursively, sorted; hidden files and
