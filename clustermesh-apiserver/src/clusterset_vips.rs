@@ -28,7 +28,6 @@ use clustermesh_model::{
     ObjectName, StateValue, decode_clusterset_vip, decode_state,
 };
 use clustermesh_store::{Client, WatchEvent, WatchReader};
-use etcd_client::GetOptions;
 use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -193,11 +192,9 @@ impl ClustersetVips {
     ) -> Result<ClustersetVips, VipError> {
         let mut table = VipTable::new(settings.ranges.clone(), settings.grace);
         let prefix = schema.clusterset_vip_prefix(&cluster.name);
-        let resp = client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        let (kvs, _) = clustermesh_store::list(&mut client, &prefix).await?;
         let mut stale = Vec::new();
-        for kv in resp.kvs() {
+        for kv in &kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             match decode_clusterset_vip(&schema, &key, kv.value(), &cluster, &Limits::default()) {
                 Ok(vip) => {

@@ -23,4 +23,4 @@ pub use heartbeat::{Heartbeat, HeartbeatWriter, read_heartbeat, unix_millis_now}
 pub use peers::{PeerConfig, PeerConfigError, read_peers};
 pub use session::{LeaseId, Session, SessionError};
 pub use sync_writer::{SyncWriter, SyncWriterConfig, WriterError, WriterStatus};
-pub use watch_reader::{Entry, ReaderStatus, WatchEvent, WatchReader};
+pub use watch_reader::{Entry, ReaderStatus, WatchEvent, WatchReader, list, list_keys};

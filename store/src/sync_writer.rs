@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::retry::Backoff;
 use crate::session::{LeaseId, Session};
+use crate::watch_reader::list_keys;
 
 /// etcd's default `--max-txn-ops`.
 const MAX_OPS_PER_TXN: usize = 128;
@@ -361,16 +362,9 @@ async fn finish_sync(
     let mut c = client.clone();
     let mut listed = Vec::new();
     for prefix in &config.prefixes {
-        let resp = c
-            .get(
-                prefix.as_str(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let (kvs, _) = list_keys(&mut c, prefix).await.map_err(|e| e.to_string())?;
         listed.extend(
-            resp.kvs()
-                .iter()
+            kvs.iter()
                 .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
         );
     }

@@ -285,10 +285,28 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0] // the whole keyspace
 }
 
-/// Lists every key under `prefix` at one revision, in pages, and returns that revision.
-pub(crate) async fn list(
+/// Lists every key and value under `prefix` at one revision, in pages, and returns that
+/// revision. Use this (or [`list_keys`]) for any prefix that may be large: a single range
+/// response over 4 MiB is refused by the gRPC client.
+pub async fn list(
     client: &mut Client,
     prefix: &str,
+) -> Result<(Vec<KeyValue>, i64), etcd_client::Error> {
+    list_pages(client, prefix, false).await
+}
+
+/// Like [`list`], without the values.
+pub async fn list_keys(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(Vec<KeyValue>, i64), etcd_client::Error> {
+    list_pages(client, prefix, true).await
+}
+
+async fn list_pages(
+    client: &mut Client,
+    prefix: &str,
+    keys_only: bool,
 ) -> Result<(Vec<KeyValue>, i64), etcd_client::Error> {
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
@@ -298,6 +316,9 @@ pub(crate) async fn list(
         let mut options = GetOptions::new()
             .with_range(end.clone())
             .with_limit(LIST_PAGE);
+        if keys_only {
+            options = options.with_keys_only();
+        }
         if revision > 0 {
             options = options.with_revision(revision);
         }

@@ -268,21 +268,12 @@ impl Manager {
     /// apiserver was down). A peer whose file is present but refused keeps its last good copy.
     async fn delete_orphaned_caches(&mut self, wanted: &BTreeMap<ClusterName, PeerConfig>) {
         let mut client = self.local.clone();
-        let listed = client
-            .get(
-                self.schema.cache_root(),
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_prefix()
-                        .with_keys_only(),
-                ),
-            )
-            .await;
-        let Ok(listed) = listed else {
+        let listed = clustermesh_store::list_keys(&mut client, &self.schema.cache_root()).await;
+        let Ok((listed, _)) = listed else {
             return; // try again on the next pass
         };
         let mut orphans = std::collections::BTreeSet::new();
-        for kv in listed.kvs() {
+        for kv in &listed {
             let key = String::from_utf8_lossy(kv.key());
             let remote = match self.schema.parse(&key) {
                 Ok(clustermesh_model::Key::Cache { remote, .. })

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use clustermesh_model::{ExpectedCluster, IdentityId, Key, KeySchema};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -15,6 +15,10 @@ use super::translate::LabelSet;
 
 /// Local IDs below this are reserved (Cilium keeps 1..=255 for well-known identities).
 pub const FIRST_LOCAL_ID: u32 = 256;
+
+/// Allocations per etcd transaction: a compare and a put each, within etcd's default limit of
+/// 128 operations per transaction.
+const ALLOCATION_BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -50,9 +54,8 @@ impl IdentityAllocator {
         grace: Duration,
     ) -> Result<Self, IdentityError> {
         let prefix = schema.identity_allocation_prefix(&cluster.name);
-        let resp = client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        // Paged: 10k label sets make a response larger than the gRPC limit.
+        let (kvs, _) = clustermesh_store::list(&mut client, &prefix).await?;
         let mut allocator = Self {
             client,
             schema,
@@ -62,7 +65,7 @@ impl IdentityAllocator {
             by_local: BTreeMap::new(),
             unused_since: HashMap::new(),
         };
-        for kv in resp.kvs() {
+        for kv in &kvs {
             let key = String::from_utf8_lossy(kv.key());
             let local = match allocator.schema.parse(&key) {
                 Ok(Key::IdentityAllocation { id, .. }) => id,
@@ -102,12 +105,13 @@ impl IdentityAllocator {
 
     /// Makes sure every wanted label set has an ID, and releases IDs unused for the grace period.
     pub async fn sync(&mut self, wanted: &BTreeSet<LabelSet>) -> Result<(), IdentityError> {
+        let new: Vec<&LabelSet> = wanted
+            .iter()
+            .filter(|labels| !self.by_labels.contains_key(*labels))
+            .collect();
         let mut candidate = FIRST_LOCAL_ID;
-        for labels in wanted {
-            if self.by_labels.contains_key(labels) {
-                continue;
-            }
-            candidate = self.allocate(labels.clone(), candidate).await?;
+        for chunk in new.chunks(ALLOCATION_BATCH) {
+            candidate = self.allocate_batch(chunk, candidate).await?;
         }
 
         let now = Instant::now();
@@ -132,6 +136,58 @@ impl IdentityAllocator {
             info!(local, "released an identity no pod uses any more");
         }
         Ok(())
+    }
+
+    /// Allocates IDs for several label sets in one transaction (a cluster starting with
+    /// thousands of distinct label sets would otherwise wait for one etcd round trip and fsync
+    /// each). If another apiserver replica took any of the IDs, falls back to one at a time.
+    /// Returns where to look next time.
+    async fn allocate_batch(
+        &mut self,
+        labels: &[&LabelSet],
+        mut from: u32,
+    ) -> Result<u32, IdentityError> {
+        let max = self.cluster.mesh.max_local_identity();
+        let mut picked = Vec::with_capacity(labels.len());
+        for set in labels {
+            while self.by_local.contains_key(&from) {
+                from += 1;
+            }
+            let Some(id) = self.identity(from).filter(|_| from <= max) else {
+                return Err(IdentityError::Exhausted { max });
+            };
+            picked.push((from, id, (*set).clone()));
+            from += 1;
+        }
+        let mut compares = Vec::with_capacity(picked.len());
+        let mut puts = Vec::with_capacity(picked.len());
+        for (local, _, set) in &picked {
+            let key = self.schema.identity_allocation(&self.cluster.name, *local);
+            let value = serde_json::to_vec(&AllocationRecord {
+                labels: set.clone(),
+            })
+            .expect("a map of strings serializes");
+            compares.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0));
+            puts.push(TxnOp::put(key.as_str(), value, None));
+        }
+        if self
+            .client
+            .txn(Txn::new().when(compares).and_then(puts))
+            .await?
+            .succeeded()
+        {
+            for (local, id, set) in picked {
+                self.remember(local, id, set);
+            }
+            return Ok(from);
+        }
+        let mut from = picked.first().map_or(from, |(local, _, _)| *local);
+        for (_, _, set) in picked {
+            if !self.by_labels.contains_key(&set) {
+                from = self.allocate(set, from).await?;
+            }
+        }
+        Ok(from)
     }
 
     /// Takes the lowest free local ID at or above `from`, recording it in etcd only if no one

@@ -415,7 +415,7 @@ impl Stores {
     }
 }
 
-fn namespaced<K>(store: &Store<K>, metadata: fn(&K) -> &ObjectMeta) -> BTreeMap<ObjectKey, K>
+fn namespaced<K>(store: &Store<K>, metadata: fn(&K) -> &ObjectMeta) -> BTreeMap<ObjectKey, Arc<K>>
 where
     K: kube::Resource<DynamicType = ()> + Clone,
 {
@@ -428,12 +428,12 @@ where
                 meta.namespace.clone().unwrap_or_default(),
                 meta.name.clone().unwrap_or_default(),
             );
-            (key, K::clone(object))
+            (key, Arc::clone(object))
         })
         .collect()
 }
 
-fn cluster_scoped<K>(store: &Store<K>, metadata: fn(&K) -> &ObjectMeta) -> BTreeMap<String, K>
+fn cluster_scoped<K>(store: &Store<K>, metadata: fn(&K) -> &ObjectMeta) -> BTreeMap<String, Arc<K>>
 where
     K: kube::Resource<DynamicType = ()> + Clone,
 {
@@ -442,7 +442,7 @@ where
         .iter()
         .map(|object| {
             let name = metadata(object).name.clone().unwrap_or_default();
-            (name, K::clone(object))
+            (name, Arc::clone(object))
         })
         .collect()
 }

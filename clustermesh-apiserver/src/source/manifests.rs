@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 use serde_yaml_ng::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -53,14 +54,14 @@ impl std::fmt::Display for FileProblem {
     }
 }
 
-/// One Kubernetes object we publish from.
+/// One Kubernetes object we publish from, shared with the views built from it.
 #[derive(Debug, Clone, PartialEq)]
 enum Object {
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Pod(Box<Pod>),
-    Node(Box<Node>),
-    Namespace(Box<Namespace>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Pod(Arc<Pod>),
+    Node(Arc<Node>),
+    Namespace(Arc<Namespace>),
 }
 
 /// What we know of one file: when we read it and what it held the last time it parsed.
@@ -92,7 +93,12 @@ impl ManifestsSource {
 
     pub async fn run(self, views: ViewSender) -> Result<(), ManifestsError> {
         let (tx, mut changes) = mpsc::channel::<()>(1);
-        let mut watcher = notify::recommended_watcher(move |_event| {
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            if let Ok(event) = &event
+                && !changes_content(&event.kind)
+            {
+                return;
+            }
             // A full channel already means "something changed"; dropping the rest is fine.
             let _ = tx.try_send(());
         })
@@ -102,16 +108,19 @@ impl ManifestsSource {
             .map_err(|source| self.watch_error(source))?;
 
         let mut files: BTreeMap<PathBuf, FileState> = BTreeMap::new();
-        let mut last: Option<ClusterObjects> = None;
+        let mut first = true;
         loop {
-            let problems = self.rescan(&mut files)?;
+            let rescan = self.rescan(&mut files)?;
             self.problems.send_if_modified(|p| {
-                let changed = *p != problems;
-                *p = problems;
+                let changed = *p != rescan.problems;
+                *p = rescan.problems;
                 changed
             });
-            let view = build_view(&files);
-            if last.as_ref() != Some(&view) {
+            // Unchanged files cost a stat each and nothing more; a change rebuilds the view
+            // from the shared objects (pointers, not copies).
+            if rescan.objects_changed || first {
+                first = false;
+                let view = build_view(&files);
                 info!(
                     dir = %self.dir.display(),
                     services = view.services.len(),
@@ -120,8 +129,7 @@ impl ManifestsSource {
                     nodes = view.nodes.len(),
                     "manifests changed"
                 );
-                views.send_replace(Some(Arc::new(view.clone())));
-                last = Some(view);
+                views.send_replace(Some(Arc::new(view)));
             }
             tokio::select! {
                 _ = changes.recv() => tokio::time::sleep(COALESCE).await,
@@ -139,19 +147,17 @@ impl ManifestsSource {
         }
     }
 
-    /// Re-reads files that changed, forgets files that are gone, and returns the problems of
-    /// every file whose current content was refused.
-    fn rescan(
-        &self,
-        files: &mut BTreeMap<PathBuf, FileState>,
-    ) -> Result<Vec<FileProblem>, ManifestsError> {
+    /// Re-reads files that changed and forgets files that are gone.
+    fn rescan(&self, files: &mut BTreeMap<PathBuf, FileState>) -> Result<Rescan, ManifestsError> {
         let paths = manifest_files(&self.dir).map_err(|source| ManifestsError::DirUnreadable {
             dir: self.dir.clone(),
             source,
         })?;
+        let known = files.len();
         // `paths` is sorted: a binary search keeps this O(n log n); a linear `contains` made
         // a directory of 100k manifests take minutes per rescan.
         files.retain(|path, _| paths.binary_search(path).is_ok());
+        let mut objects_changed = files.len() != known;
         for path in paths {
             let meta = match std::fs::metadata(&path) {
                 Ok(m) => m,
@@ -174,6 +180,8 @@ impl ManifestsSource {
             {
                 Ok(objects) => {
                     debug!(path = %path.display(), objects = objects.len(), "read manifest");
+                    // A rewrite with the same objects (a touch, an editor's save) is no change.
+                    objects_changed |= files.get(&path).is_none_or(|old| old.objects != objects);
                     files.insert(
                         path,
                         FileState {
@@ -200,7 +208,29 @@ impl ManifestsSource {
                 }
             }
         }
-        Ok(files.values().filter_map(|f| f.problem.clone()).collect())
+        Ok(Rescan {
+            problems: files.values().filter_map(|f| f.problem.clone()).collect(),
+            objects_changed,
+        })
+    }
+}
+
+/// What one rescan found.
+struct Rescan {
+    /// Files whose current content was refused (their last good content is in use).
+    problems: Vec<FileProblem>,
+    /// Whether the union of the files' objects may differ from the last view.
+    objects_changed: bool,
+}
+
+/// Whether a file-system event may change what the directory holds. Opening and reading are
+/// not: without this filter our own reads (and listing the directory) woke the next rescan,
+/// forever. A file closed after writing is (inotify's close-write arrives as an access event).
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -296,13 +326,13 @@ fn collect_objects(value: Value, out: &mut Vec<Object>) -> Result<(), String> {
                 collect_objects(item, out)?;
             }
         }
-        ("v1", "Service") => out.push(Object::Service(typed(value, &kind)?)),
+        ("v1", "Service") => out.push(Object::Service(Arc::new(typed(value, &kind)?))),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            out.push(Object::EndpointSlice(typed(value, &kind)?))
+            out.push(Object::EndpointSlice(Arc::new(typed(value, &kind)?)))
         }
-        ("v1", "Pod") => out.push(Object::Pod(typed(value, &kind)?)),
-        ("v1", "Node") => out.push(Object::Node(typed(value, &kind)?)),
-        ("v1", "Namespace") => out.push(Object::Namespace(typed(value, &kind)?)),
+        ("v1", "Pod") => out.push(Object::Pod(Arc::new(typed(value, &kind)?))),
+        ("v1", "Node") => out.push(Object::Node(Arc::new(typed(value, &kind)?))),
+        ("v1", "Namespace") => out.push(Object::Namespace(Arc::new(typed(value, &kind)?))),
         ("", _) | (_, "") => {
             return Err("a document without apiVersion and kind is not a Kubernetes object".into());
         }
@@ -329,22 +359,22 @@ fn build_view(files: &BTreeMap<PathBuf, FileState>) -> ClusterObjects {
             match object {
                 Object::Service(s) => {
                     view.services
-                        .insert(namespaced_key(&s.metadata), (**s).clone());
+                        .insert(namespaced_key(&s.metadata), Arc::clone(s));
                 }
                 Object::EndpointSlice(s) => {
                     view.endpoint_slices
-                        .insert(namespaced_key(&s.metadata), (**s).clone());
+                        .insert(namespaced_key(&s.metadata), Arc::clone(s));
                 }
                 Object::Pod(p) => {
-                    view.pods.insert(namespaced_key(&p.metadata), (**p).clone());
+                    view.pods.insert(namespaced_key(&p.metadata), Arc::clone(p));
                 }
                 Object::Node(n) => {
                     let name = n.metadata.name.clone().unwrap_or_default();
-                    view.nodes.insert(name, (**n).clone());
+                    view.nodes.insert(name, Arc::clone(n));
                 }
                 Object::Namespace(n) => {
                     let name = n.metadata.name.clone().unwrap_or_default();
-                    view.namespaces.insert(name, (**n).clone());
+                    view.namespaces.insert(name, Arc::clone(n));
                 }
             }
         }
