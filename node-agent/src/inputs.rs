@@ -130,6 +130,25 @@ pub struct PeerSummary {
     pub agents: usize,
 }
 
+/// What changed since the last pass took the changes: the services to merge again, or
+/// everything when something all services depend on changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// A first list completed, a sync marker or a peer's node agents changed, a peer came or
+    /// went: merge every service.
+    pub everything: bool,
+    /// Services (local, a peer's, or a clusterset VIP's) whose inputs changed.
+    pub services: BTreeSet<ServiceName>,
+    /// A local service changed: the set of backends the tunnel may dial is recomputed.
+    pub local: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.services.is_empty() && !self.local
+    }
+}
+
 /// Everything read so far.
 #[derive(Debug)]
 pub struct Inputs {
@@ -146,6 +165,7 @@ pub struct Inputs {
     /// Values refused, by `DecodeError::reason()`.
     pub rejected: BTreeMap<&'static str, u64>,
     pub last_rejection: Option<String>,
+    changes: Changes,
 }
 
 impl Inputs {
@@ -161,6 +181,11 @@ impl Inputs {
             initialized: BTreeSet::new(),
             rejected: BTreeMap::new(),
             last_rejection: None,
+            // The first pass merges everything.
+            changes: Changes {
+                everything: true,
+                ..Changes::default()
+            },
         }
     }
 
@@ -224,12 +249,18 @@ impl Inputs {
             .map(|a| a.tunnel_address)
     }
 
+    /// What changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
     /// Applies one watch event. Returns whether anything the merge reads may have changed.
     pub fn apply(&mut self, source: Source, event: WatchEvent) -> bool {
         match event {
             WatchEvent::Init => false,
             WatchEvent::InitDone => {
                 self.initialized.insert(source);
+                self.changes.everything = true;
                 true
             }
             WatchEvent::InitApply(entry) | WatchEvent::Upsert(entry) => {
@@ -250,6 +281,8 @@ impl Inputs {
             Source::SharedServices | Source::LocalOnlyServices => {
                 match decode_state(&self.schema, key, &value, &self.local, &self.limits) {
                     Ok((_, StateValue::Service(service))) => {
+                        self.changes.services.insert(ServiceName::of(&service));
+                        self.changes.local = true;
                         self.local_services
                             .insert(key.to_owned(), Arc::new(service));
                         true
@@ -265,6 +298,7 @@ impl Inputs {
                 Ok(_) => {
                     let was = self.local_synced;
                     self.local_synced = true;
+                    self.changes.everything |= !was;
                     !was
                 }
                 Err(e) => {
@@ -276,6 +310,9 @@ impl Inputs {
             Source::ClustersetVips => {
                 match decode_clusterset_vip(&self.schema, key, &value, &self.local, &self.limits) {
                     Ok(vip) => {
+                        self.changes
+                            .services
+                            .insert(ServiceName::new(&vip.namespace, &vip.name));
                         self.clusterset_vips.insert(key.to_owned(), vip);
                         true
                     }
@@ -335,13 +372,19 @@ impl Inputs {
         match decoded {
             Ok((_, StateValue::Service(service))) => {
                 let peer = self.peers.get_mut(&remote).expect("peer exists");
-                Arc::make_mut(&mut peer.services)
-                    .insert(ServiceName::of(&service), Arc::new(service));
+                let name = ServiceName::of(&service);
+                Arc::make_mut(&mut peer.services).insert(name.clone(), Arc::new(service));
+                self.changes.services.insert(name);
                 true
             }
             Ok((_, StateValue::Agent(agent))) => {
                 let peer = self.peers.get_mut(&remote).expect("peer exists");
+                if peer.agents.get(&agent.node) == Some(&agent) {
+                    return false; // rewritten as it was
+                }
                 peer.agents.insert(agent.node.clone(), agent);
+                // Which remote backends are reachable, and through which tunnel address.
+                self.changes.everything = true;
                 true
             }
             Ok(_) => false,
@@ -383,7 +426,7 @@ impl Inputs {
             );
             return false;
         }
-        peer.markers.insert(kind);
+        self.changes.everything |= peer.markers.insert(kind) || peer.id.is_none();
         if peer.id.is_none() {
             peer.id = Some(id);
             let waiting = std::mem::take(&mut peer.undecoded);
@@ -397,9 +440,22 @@ impl Inputs {
     fn delete(&mut self, source: Source, key: &str) -> bool {
         match source {
             Source::SharedServices | Source::LocalOnlyServices => {
-                self.local_services.remove(key).is_some()
+                let Some(service) = self.local_services.remove(key) else {
+                    return false;
+                };
+                self.changes.services.insert(ServiceName::of(&service));
+                self.changes.local = true;
+                true
             }
-            Source::ClustersetVips => self.clusterset_vips.remove(key).is_some(),
+            Source::ClustersetVips => {
+                let Some(vip) = self.clusterset_vips.remove(key) else {
+                    return false;
+                };
+                self.changes
+                    .services
+                    .insert(ServiceName::new(&vip.namespace, &vip.name));
+                true
+            }
             Source::LocalSynced => {
                 // The marker goes only with the apiserver's lease; what we program stays, and a
                 // new apiserver writes it again after its own sync.
@@ -415,6 +471,7 @@ impl Inputs {
                             .peers
                             .get_mut(&remote)
                             .is_some_and(|p| p.markers.remove(&kind));
+                        self.changes.everything |= changed;
                         (remote, changed)
                     }
                     Key::Cache { remote, object } => {
@@ -425,10 +482,20 @@ impl Inputs {
                             || match &object {
                                 ObjectName::Service { namespace, name } => {
                                     let name = ServiceName::new(namespace, name);
-                                    peer.services.contains_key(&name)
-                                        && Arc::make_mut(&mut peer.services).remove(&name).is_some()
+                                    let removed = peer.services.contains_key(&name)
+                                        && Arc::make_mut(&mut peer.services)
+                                            .remove(&name)
+                                            .is_some();
+                                    if removed {
+                                        self.changes.services.insert(name);
+                                    }
+                                    removed
                                 }
-                                ObjectName::Agent(node) => peer.agents.remove(node).is_some(),
+                                ObjectName::Agent(node) => {
+                                    let removed = peer.agents.remove(node).is_some();
+                                    self.changes.everything |= removed;
+                                    removed
+                                }
                                 _ => false,
                             };
                         (remote, changed)
@@ -438,6 +505,7 @@ impl Inputs {
                 // Nothing of the peer left: the apiserver disconnected it.
                 if self.peers.get(&remote).is_some_and(PeerState::is_empty) {
                     self.peers.remove(&remote);
+                    self.changes.everything = true;
                     return true;
                 }
                 changed
@@ -484,5 +552,130 @@ impl Inputs {
 
     pub fn mesh(&self) -> MaxConnectedClusters {
         self.local.mesh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clustermesh_model::{Affinity, Marker};
+    use clustermesh_store::Entry;
+
+    fn cluster(name: &str, id: u32) -> ExpectedCluster {
+        ExpectedCluster {
+            name: ClusterName::new(name).unwrap(),
+            id: ClusterId::new(id, MaxConnectedClusters::Max255).unwrap(),
+            mesh: MaxConnectedClusters::Max255,
+        }
+    }
+
+    fn service(of: &ExpectedCluster, name: &str) -> GlobalService {
+        GlobalService {
+            cluster: of.name.clone(),
+            cluster_id: of.id,
+            namespace: "demo".into(),
+            name: name.into(),
+            frontends: Vec::new(),
+            backends: Vec::new(),
+            shared: true,
+            affinity: Affinity::None,
+            include_external: false,
+            headless: false,
+            labels: Default::default(),
+            selector: Default::default(),
+        }
+    }
+
+    fn upsert(key: String, value: Vec<u8>) -> WatchEvent {
+        WatchEvent::Upsert(Entry {
+            key,
+            value,
+            mod_revision: 1,
+        })
+    }
+
+    fn names(changes: &Changes) -> Vec<String> {
+        changes.services.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn changes_name_the_services_touched_and_everything_only_when_all_depend_on_it() {
+        let schema = KeySchema::default();
+        let west = cluster("west", 1);
+        let east = cluster("east", 2);
+        let mut inputs = Inputs::new(schema.clone(), west.clone());
+        assert!(
+            inputs.take_changes().everything,
+            "the first pass merges all"
+        );
+        assert!(inputs.take_changes().is_empty());
+
+        // A local service: that name, and the tunnel's shared set.
+        let object = |name: &str| ObjectName::Service {
+            namespace: "demo".into(),
+            name: name.into(),
+        };
+        inputs.apply(
+            Source::SharedServices,
+            upsert(
+                schema.state(&west.name, &object("a")),
+                service(&west, "a").to_json(),
+            ),
+        );
+        let changes = inputs.take_changes();
+        assert_eq!(
+            (names(&changes), changes.local, changes.everything),
+            (vec!["demo/a".to_owned()], true, false)
+        );
+
+        // A peer's marker says who it is: everything (its services now count).
+        let marker = Marker {
+            cluster: east.name.clone(),
+            cluster_id: east.id,
+            unix_millis: 1,
+        };
+        inputs.apply(
+            Source::Cache,
+            upsert(
+                schema.cache_synced(&east.name, Kind::Services),
+                marker.to_json(),
+            ),
+        );
+        assert!(inputs.take_changes().everything);
+
+        // A peer's service: that name only; not a local change.
+        let key = schema.cache(&east.name, &object("b"));
+        inputs.apply(
+            Source::Cache,
+            upsert(key.clone(), service(&east, "b").to_json()),
+        );
+        let changes = inputs.take_changes();
+        assert_eq!(
+            (names(&changes), changes.local, changes.everything),
+            (vec!["demo/b".to_owned()], false, false)
+        );
+
+        // A peer node's agent: which remote backends are reachable, for every service.
+        let agent = Agent {
+            cluster: east.name.clone(),
+            cluster_id: east.id,
+            node: "node-1".into(),
+            tunnel_address: "192.168.2.2:4244".parse().unwrap(),
+            cert_fingerprint: format!("sha256:{}", "0".repeat(64)),
+            boot_id: "8d2f0c1e-1b7a-4c1e-9a39-2b5f6c7d8e9f".into(),
+        };
+        let agent_key = schema.cache(&east.name, &ObjectName::Agent("node-1".into()));
+        inputs.apply(Source::Cache, upsert(agent_key.clone(), agent.to_json()));
+        assert!(inputs.rejected.is_empty(), "{:?}", inputs.last_rejection);
+        assert!(inputs.take_changes().everything);
+        inputs.apply(Source::Cache, upsert(agent_key, agent.to_json()));
+        assert!(
+            inputs.take_changes().is_empty(),
+            "the same record again changes nothing"
+        );
+
+        // The peer's service goes: that name.
+        inputs.apply(Source::Cache, WatchEvent::Delete { key });
+        assert_eq!(names(&inputs.take_changes()), ["demo/b"]);
     }
 }

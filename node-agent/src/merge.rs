@@ -139,39 +139,47 @@ fn datapath_protocol(p: ModelProtocol) -> Option<Protocol> {
 
 /// Computes the desired frontends from the inputs.
 pub fn merge(input: &MergeInput) -> Desired {
-    // Every service name that some cluster publishes, with the peers that share it.
-    let mut remote: BTreeMap<&ServiceName, Vec<(&PeerInput, &GlobalService)>> = BTreeMap::new();
-    for peer in &input.peers {
-        let Some(services) = peer.effective() else {
-            continue;
-        };
-        for (name, service) in services {
-            // The peer's apiserver publishes unshared services only for its own agents; this
-            // check keeps us right even if one ever reaches the mirror.
-            if service.shared {
-                remote
-                    .entry(name)
-                    .or_default()
-                    .push((peer, service.as_ref()));
-            }
-        }
-    }
+    merge_services(input, &input.service_names())
+}
 
+/// Computes the desired frontends of the named services only: what a pass needs after a
+/// change to a few services, instead of every service of every cluster.
+pub fn merge_services(input: &MergeInput, names: &BTreeSet<ServiceName>) -> Desired {
     let mut desired = Desired::new();
-    let names: std::collections::BTreeSet<&ServiceName> =
-        input.local.keys().chain(remote.keys().copied()).collect();
     for name in names {
         let local = input.local.get(name).map(Arc::as_ref);
-        let peers = remote.get(name).map(Vec::as_slice).unwrap_or_default();
+        let peers: Vec<(&PeerInput, &GlobalService)> = input
+            .peers
+            .iter()
+            .filter_map(|peer| {
+                let service = peer.effective()?.get(name)?;
+                // The peer's apiserver publishes unshared services only for its own agents;
+                // this check keeps us right even if one ever reaches the mirror.
+                service.shared.then_some((peer, service.as_ref()))
+            })
+            .collect();
         merge_service(
             name,
             local,
-            peers,
+            &peers,
             input.clusterset_vips.get(name).map(Vec::as_slice),
             &mut desired,
         );
     }
     desired
+}
+
+impl MergeInput {
+    /// Every service name that the local cluster or a peer publishes.
+    pub fn service_names(&self) -> BTreeSet<ServiceName> {
+        let mut names: BTreeSet<ServiceName> = self.local.keys().cloned().collect();
+        for peer in &self.peers {
+            if let Some(services) = peer.effective() {
+                names.extend(services.keys().cloned());
+            }
+        }
+        names
+    }
 }
 
 fn merge_service(
@@ -790,5 +798,43 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(active(&merge(&input), VIP), ["local/10.1.0.1:8080"]);
+    }
+    fn named(mut s: GlobalService, name: &str) -> GlobalService {
+        s.name = name.into();
+        s
+    }
+
+    #[test]
+    fn merging_some_services_gives_exactly_their_part_of_the_whole_merge() {
+        let input = MergeInput {
+            local: map(vec![
+                named(service("west", "10.96.0.10", &[("10.1.0.1", true)]), "a"),
+                named(service("west", "10.96.0.11", &[("10.1.0.2", true)]), "b"),
+            ]),
+            peers: vec![peer(
+                "east",
+                vec![
+                    named(service("east", "10.97.0.9", &[("10.2.0.1", true)]), "b"),
+                    named(service("east", "10.97.0.8", &[("10.2.0.2", true)]), "c"),
+                ],
+            )],
+            clusterset_vips: BTreeMap::from([(
+                ServiceName::new("demo", "c"),
+                vec!["10.99.0.1".parse().unwrap()],
+            )]),
+        };
+        let whole = merge(&input);
+        assert_eq!(whole.len(), 3, "{whole:?}");
+        for names in [vec!["a"], vec!["b", "c"], vec!["c"], vec!["missing"]] {
+            let names: BTreeSet<ServiceName> =
+                names.iter().map(|n| ServiceName::new("demo", *n)).collect();
+            let part = merge_services(&input, &names);
+            let expected: Desired = whole
+                .iter()
+                .filter(|(_, m)| names.contains(&m.service))
+                .map(|(f, m)| (*f, m.clone()))
+                .collect();
+            assert_eq!(part, expected, "{names:?}");
+        }
     }
 }

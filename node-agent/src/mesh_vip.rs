@@ -97,6 +97,24 @@ impl MeshVipAllocator {
         errors
     }
 
+    /// The key's VIP, allocated now if it has none.
+    pub fn acquire(&mut self, key: &RemoteKey) -> Result<IpAddr, MeshVipError> {
+        if let Some(vip) = self.by_key.get(key) {
+            return Ok(*vip);
+        }
+        let vip = self.allocate(key)?;
+        self.by_key.insert(key.clone(), vip);
+        self.used.insert(vip);
+        Ok(vip)
+    }
+
+    /// Frees the key's VIP; returns it if it had one.
+    pub fn release(&mut self, key: &RemoteKey) -> Option<IpAddr> {
+        let vip = self.by_key.remove(key)?;
+        self.used.remove(&vip);
+        Some(vip)
+    }
+
     fn allocate(&self, key: &RemoteKey) -> Result<IpAddr, MeshVipError> {
         let range = self
             .ranges

@@ -5,7 +5,7 @@
 //! no connection ever sees a half-updated backend set. The tunnel table is published with a new
 //! VIP before any service points at it, and loses a VIP only after no service does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,74 @@ pub struct Programmer<T> {
     /// Remote backends that clients dial at their mesh VIP directly rather than through a
     /// service frontend: those of headless global services, which DNS hands out.
     direct_remotes: Vec<MergedBackend>,
+    direct_remotes_changed: bool,
+    /// What each programmed frontend uses of the mesh, so that a pass over a few frontends
+    /// updates the shared bookkeeping below without walking every frontend.
+    uses: HashMap<Frontend, FrontendUses>,
+    /// What the direct remotes use.
+    direct_uses: FrontendUses,
+    /// Every remote backend in use, with its ports and how many users each port has: a VIP
+    /// is held while any frontend (or the direct remotes) uses it.
+    remote_refs: HashMap<RemoteKey, RemoteRefs>,
+    /// Programmed backends per cluster (`""` is the local cluster), over all frontends.
+    backends_by_cluster: BTreeMap<String, usize>,
+}
+
+/// Which frontends a pass looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every frontend, desired or programmed; tunnel targets are refreshed too (a peer node's
+    /// tunnel address may have changed).
+    All,
+    /// Only these (the frontends of services whose inputs changed, before and after).
+    Frontends(&'a BTreeSet<Frontend>),
+}
+
+/// One use of a remote backend: its (cluster, IP), the port, and the node that hosts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemoteUse {
+    key: RemoteKey,
+    port: u16,
+    node: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FrontendUses {
+    remotes: Vec<RemoteUse>,
+    /// Active backends per cluster (`""` is the local cluster).
+    backends_by_cluster: Vec<(String, usize)>,
+}
+
+impl FrontendUses {
+    fn of<'a>(backends: impl Iterator<Item = &'a MergedBackend>) -> Self {
+        let mut uses = FrontendUses::default();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for backend in backends {
+            let cluster = match &backend.location {
+                BackendLocation::Local => String::new(),
+                BackendLocation::Remote { cluster } => {
+                    uses.remotes.push(RemoteUse {
+                        key: RemoteKey {
+                            cluster: cluster.clone(),
+                            ip: backend.addr.ip(),
+                        },
+                        port: backend.addr.port(),
+                        node: backend.node.clone(),
+                    });
+                    cluster.to_string()
+                }
+            };
+            *counts.entry(cluster).or_default() += 1;
+        }
+        uses.backends_by_cluster = counts.into_iter().collect();
+        uses
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct RemoteRefs {
+    ports: BTreeMap<u16, usize>,
+    node: Option<String>,
 }
 
 impl<T: ServiceTable> Programmer<T> {
@@ -106,13 +174,21 @@ impl<T: ServiceTable> Programmer<T> {
             vips: MeshVipAllocator::new(mesh_vip_ranges),
             tunnel: watch::channel(TunnelTable::default()).0,
             direct_remotes: Vec::new(),
+            direct_remotes_changed: false,
+            uses: HashMap::new(),
+            direct_uses: FrontendUses::default(),
+            remote_refs: HashMap::new(),
+            backends_by_cluster: BTreeMap::new(),
         })
     }
 
     /// Sets the remote backends the next passes give mesh VIPs (and tunnel targets) to without
     /// a frontend: the backends of headless services.
     pub fn set_direct_remotes(&mut self, backends: Vec<MergedBackend>) {
-        self.direct_remotes = backends;
+        if self.direct_remotes != backends {
+            self.direct_remotes = backends;
+            self.direct_remotes_changed = true;
+        }
     }
 
     /// The tunnel's view of the mesh VIPs (see [`TunnelTable`]).
@@ -144,130 +220,145 @@ impl<T: ServiceTable> Programmer<T> {
         })
     }
 
-    /// Makes the datapath equal to `desired`. `tunnel_address` says where a peer node's tunnel
-    /// listens, from that peer's agent records.
+    /// Makes the datapath equal to `desired` (every frontend). `tunnel_address` says where a
+    /// peer node's tunnel listens, from that peer's agent records.
     pub fn apply(
         &mut self,
         desired: &Desired,
         tunnel_address: impl Fn(&ClusterName, &str) -> Option<SocketAddr>,
     ) -> PassReport {
+        self.apply_scoped(desired, Scope::All, tunnel_address)
+    }
+
+    /// Makes the datapath equal to `desired` for the frontends in `scope`; the others are
+    /// taken to be programmed already. The cost is that of the frontends in scope, not of all.
+    pub fn apply_scoped(
+        &mut self,
+        desired: &Desired,
+        scope: Scope<'_>,
+        tunnel_address: impl Fn(&ClusterName, &str) -> Option<SocketAddr>,
+    ) -> PassReport {
         let started = Instant::now();
         let mut report = PassReport::default();
+        let all = matches!(scope, Scope::All);
+        let frontends: Vec<Frontend> = match scope {
+            Scope::All => {
+                let mut all: BTreeSet<Frontend> = desired.keys().copied().collect();
+                all.extend(self.current.keys().copied());
+                all.extend(self.uses.keys().copied());
+                all.into_iter().collect()
+            }
+            Scope::Frontends(set) => set.iter().copied().collect(),
+        };
 
-        // Mesh VIPs for every active remote backend.
-        let wanted: BTreeSet<RemoteKey> = desired
-            .values()
-            .flat_map(|f| f.active())
-            .chain(self.direct_remotes.iter())
-            .filter_map(|b| match &b.location {
-                BackendLocation::Remote { cluster } => Some(RemoteKey {
-                    cluster: cluster.clone(),
-                    ip: b.addr.ip(),
-                }),
-                BackendLocation::Local => None,
+        // 1. Bookkeeping: what the frontends in scope use now, instead of what they used.
+        let mut touched: BTreeSet<RemoteKey> = BTreeSet::new();
+        for frontend in &frontends {
+            let new = desired
+                .get(frontend)
+                .map(|merged| FrontendUses::of(merged.active()))
+                .unwrap_or_default();
+            let old = self.uses.remove(frontend).unwrap_or_default();
+            self.replace_uses(&old, &new, &mut touched);
+            if !new.remotes.is_empty() || !new.backends_by_cluster.is_empty() {
+                self.uses.insert(*frontend, new);
+            }
+        }
+        if self.direct_remotes_changed || all {
+            let new = FrontendUses::of(self.direct_remotes.iter());
+            let old = std::mem::take(&mut self.direct_uses);
+            // Direct remotes are not programmed backends: keep them out of the counts.
+            let new = FrontendUses {
+                backends_by_cluster: Vec::new(),
+                ..new
+            };
+            self.replace_uses(&old, &new, &mut touched);
+            self.direct_uses = new;
+            self.direct_remotes_changed = false;
+        }
+
+        // 2. Mesh VIPs for remote backends that are used and have none yet.
+        for key in &touched {
+            if self.remote_refs.contains_key(key)
+                && let Err(error) = self.vips.acquire(key)
+            {
+                report
+                    .errors
+                    .push(format!("{}/{}: {error}", key.cluster, key.ip));
+            }
+        }
+
+        // 3. New VIPs are known to the tunnel before a service sends connections to them.
+        // Changed in place: cloning the whole table costs more than the pass's map writes once
+        // there are thousands of remote backends.
+        let refresh: Vec<&RemoteKey> = if all {
+            self.remote_refs.keys().collect()
+        } else {
+            touched
+                .iter()
+                .filter(|k| self.remote_refs.contains_key(*k))
+                .collect()
+        };
+        let targets: Vec<(std::net::IpAddr, TunnelTarget)> = refresh
+            .into_iter()
+            .filter_map(|key| {
+                let vip = self.vips.get(key)?;
+                let refs = &self.remote_refs[key];
+                Some((
+                    vip,
+                    TunnelTarget {
+                        cluster: key.cluster.clone(),
+                        backend_ip: key.ip,
+                        ports: refs.ports.keys().copied().collect(),
+                        node: refs.node.clone(),
+                        tunnel_address: refs
+                            .node
+                            .as_deref()
+                            .and_then(|n| tunnel_address(&key.cluster, n)),
+                    },
+                ))
             })
             .collect();
-        for (key, error) in self.vips.sync(&wanted) {
-            report
-                .errors
-                .push(format!("{}/{}: {error}", key.cluster, key.ip));
-        }
-
-        // The services to program, and the tunnel table they need.
-        let mut table = TunnelTable::default();
-        let mut services: BTreeMap<Frontend, Service> = BTreeMap::new();
-        for (frontend, merged) in desired {
-            let mut backends = Vec::new();
-            for backend in merged.active() {
-                let addr = match &backend.location {
-                    BackendLocation::Local => backend.addr,
-                    BackendLocation::Remote { cluster } => {
-                        let key = RemoteKey {
-                            cluster: cluster.clone(),
-                            ip: backend.addr.ip(),
-                        };
-                        let Some(vip) = self.vips.get(&key) else {
-                            continue;
-                        };
-                        let target = table.targets.entry(vip).or_insert_with(|| TunnelTarget {
-                            cluster: cluster.clone(),
-                            backend_ip: backend.addr.ip(),
-                            ports: BTreeSet::new(),
-                            node: backend.node.clone(),
-                            tunnel_address: backend
-                                .node
-                                .as_deref()
-                                .and_then(|n| tunnel_address(cluster, n)),
-                        });
-                        target.ports.insert(backend.addr.port());
-                        SocketAddr::new(vip, backend.addr.port())
-                    }
-                };
-                let cluster = match &backend.location {
-                    BackendLocation::Local => String::new(),
-                    BackendLocation::Remote { cluster } => cluster.to_string(),
-                };
-                *report.backends_by_cluster.entry(cluster).or_default() += 1;
-                backends.push(addr);
-            }
-            backends.sort();
-            backends.dedup();
-            services.insert(
-                *frontend,
-                Service {
-                    frontend: *frontend,
-                    backends,
-                    affinity: SessionAffinity::None,
-                },
-            );
-        }
-
-        for backend in &self.direct_remotes {
-            let BackendLocation::Remote { cluster } = &backend.location else {
-                continue;
-            };
-            let key = RemoteKey {
-                cluster: cluster.clone(),
-                ip: backend.addr.ip(),
-            };
-            let Some(vip) = self.vips.get(&key) else {
-                continue;
-            };
-            let target = table.targets.entry(vip).or_insert_with(|| TunnelTarget {
-                cluster: cluster.clone(),
-                backend_ip: backend.addr.ip(),
-                ports: BTreeSet::new(),
-                node: backend.node.clone(),
-                tunnel_address: backend
-                    .node
-                    .as_deref()
-                    .and_then(|n| tunnel_address(cluster, n)),
-            });
-            target.ports.insert(backend.addr.port());
-        }
-
-        // New VIPs are known to the tunnel before a service sends connections to them.
-        // Added in place: cloning the whole table to build the union costs more than the
-        // pass's map writes once there are thousands of remote backends.
         self.tunnel.send_if_modified(|t| {
             let mut changed = false;
-            for (vip, target) in &table.targets {
-                if t.targets.get(vip) != Some(target) {
-                    t.targets.insert(*vip, target.clone());
+            for (vip, target) in targets {
+                if t.targets.get(&vip) != Some(&target) {
+                    t.targets.insert(vip, target);
                     changed = true;
                 }
             }
             changed
         });
 
-        for (frontend, service) in &services {
-            if self.current.get(frontend) == Some(service) {
+        // 4. The services in scope: write what differs, delete what is no longer wanted.
+        for frontend in &frontends {
+            let Some(merged) = desired.get(frontend) else {
+                if !self.current.contains_key(frontend) {
+                    continue;
+                }
+                match self.table.delete_service(frontend) {
+                    Ok(()) => {
+                        self.current.remove(frontend);
+                        report.deleted += 1;
+                    }
+                    Err(source) => report.errors.push(
+                        ProgramError::Delete {
+                            frontend: *frontend,
+                            source,
+                        }
+                        .to_string(),
+                    ),
+                }
+                continue;
+            };
+            let service = self.service(frontend, merged);
+            if self.current.get(frontend) == Some(&service) {
                 report.unchanged += 1;
                 continue;
             }
-            match self.table.upsert_service(service) {
+            match self.table.upsert_service(&service) {
                 Ok(()) => {
-                    self.current.insert(*frontend, service.clone());
+                    self.current.insert(*frontend, service);
                     report.upserted += 1;
                 }
                 Err(source) => report.errors.push(
@@ -279,32 +370,95 @@ impl<T: ServiceTable> Programmer<T> {
                 ),
             }
         }
-        let gone: Vec<Frontend> = self
-            .current
-            .keys()
-            .filter(|f| !services.contains_key(f))
-            .copied()
+
+        // 5. Only now may VIPs no service uses leave the tunnel's table and be freed.
+        let released: Vec<std::net::IpAddr> = touched
+            .iter()
+            .filter(|key| !self.remote_refs.contains_key(*key))
+            .filter_map(|key| self.vips.release(key))
             .collect();
-        for frontend in gone {
-            match self.table.delete_service(&frontend) {
-                Ok(()) => {
-                    self.current.remove(&frontend);
-                    report.deleted += 1;
+        if !released.is_empty() {
+            self.tunnel.send_if_modified(|t| {
+                let mut changed = false;
+                for vip in &released {
+                    changed |= t.targets.remove(vip).is_some();
                 }
-                Err(source) => report
-                    .errors
-                    .push(ProgramError::Delete { frontend, source }.to_string()),
-            }
+                changed
+            });
         }
 
-        // Only now may VIPs no service uses leave the tunnel's table.
-        self.tunnel.send_if_modified(|t| {
-            let changed = *t != table;
-            *t = table;
-            changed
-        });
+        report.backends_by_cluster = self.backends_by_cluster.clone();
         report.duration = started.elapsed();
         report
+    }
+
+    /// Updates the reference counts and per-cluster totals from `old` to `new`, recording
+    /// which remote backends were involved.
+    fn replace_uses(
+        &mut self,
+        old: &FrontendUses,
+        new: &FrontendUses,
+        touched: &mut BTreeSet<RemoteKey>,
+    ) {
+        // Add before removing, so a backend kept by this frontend never drops to zero users.
+        for u in &new.remotes {
+            let refs = self.remote_refs.entry(u.key.clone()).or_default();
+            *refs.ports.entry(u.port).or_default() += 1;
+            if u.node.is_some() {
+                refs.node = u.node.clone();
+            }
+            touched.insert(u.key.clone());
+        }
+        for u in &old.remotes {
+            if let Some(refs) = self.remote_refs.get_mut(&u.key) {
+                if let Some(n) = refs.ports.get_mut(&u.port) {
+                    *n -= 1;
+                    if *n == 0 {
+                        refs.ports.remove(&u.port);
+                    }
+                }
+                if refs.ports.is_empty() {
+                    self.remote_refs.remove(&u.key);
+                }
+            }
+            touched.insert(u.key.clone());
+        }
+        for (cluster, n) in &new.backends_by_cluster {
+            *self.backends_by_cluster.entry(cluster.clone()).or_default() += n;
+        }
+        for (cluster, n) in &old.backends_by_cluster {
+            if let Some(total) = self.backends_by_cluster.get_mut(cluster) {
+                *total = total.saturating_sub(*n);
+                if *total == 0 {
+                    self.backends_by_cluster.remove(cluster);
+                }
+            }
+        }
+    }
+
+    /// The eBPF service for one frontend: local backends as they are, remote ones at their
+    /// mesh VIP (left out while they have none).
+    fn service(&self, frontend: &Frontend, merged: &crate::merge::MergedFrontend) -> Service {
+        let mut backends: Vec<SocketAddr> = merged
+            .active()
+            .filter_map(|backend| match &backend.location {
+                BackendLocation::Local => Some(backend.addr),
+                BackendLocation::Remote { cluster } => {
+                    let vip = self.vips.get(&RemoteKey {
+                        cluster: cluster.clone(),
+                        ip: backend.addr.ip(),
+                    })?;
+                    Some(SocketAddr::new(vip, backend.addr.port()))
+                }
+            })
+            .collect();
+        backends.sort();
+        backends.dedup();
+        Service {
+            frontend: *frontend,
+            backends,
+            affinity: SessionAffinity::None,
+        }
     }
 }
 
@@ -487,5 +641,98 @@ mod tests {
         );
         assert_eq!(report.upserted, 1);
         assert!(tunnel.borrow().targets.is_empty());
+    }
+    /// The frontends whose desired state differs between two passes.
+    fn changed(before: &Desired, after: &Desired) -> BTreeSet<Frontend> {
+        before
+            .keys()
+            .chain(after.keys())
+            .filter(|f| before.get(*f) != after.get(*f))
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn passes_over_changed_frontends_only_end_where_full_passes_do() {
+        let steps: Vec<Desired> = vec![
+            desired(&[
+                (
+                    "10.96.0.10:80",
+                    &[("10.1.0.1:8080", None), ("10.2.0.1:8080", Some("east"))],
+                ),
+                ("10.96.0.11:80", &[("10.2.0.1:8080", Some("east"))]),
+                ("10.96.0.12:80", &[("10.2.0.2:9090", Some("west"))]),
+            ]),
+            // One service loses the shared remote backend: the other still holds its VIP.
+            desired(&[
+                ("10.96.0.10:80", &[("10.1.0.1:8080", None)]),
+                ("10.96.0.11:80", &[("10.2.0.1:8080", Some("east"))]),
+                ("10.96.0.12:80", &[("10.2.0.2:9090", Some("west"))]),
+            ]),
+            // A frontend goes, another gains a port on the same remote backend.
+            desired(&[
+                (
+                    "10.96.0.11:80",
+                    &[
+                        ("10.2.0.1:8080", Some("east")),
+                        ("10.2.0.1:8443", Some("east")),
+                    ],
+                ),
+                ("10.96.0.12:80", &[("10.2.0.2:9090", Some("west"))]),
+            ]),
+            desired(&[("10.96.0.12:80", &[("10.1.0.7:9090", None)])]),
+            Desired::new(),
+        ];
+        let mut scoped = Programmer::adopt(Fake::default(), &ranges()).unwrap();
+        let scoped_tunnel = scoped.subscribe_tunnel_table();
+        let mut previous = Desired::new();
+        for (i, want) in steps.iter().enumerate() {
+            let report =
+                scoped.apply_scoped(want, Scope::Frontends(&changed(&previous, want)), |_, _| {
+                    None
+                });
+            assert!(report.errors.is_empty(), "step {i}: {report:?}");
+            let mut full = Programmer::adopt(Fake::default(), &ranges()).unwrap();
+            let full_tunnel = full.subscribe_tunnel_table();
+            let full_report = full.apply(want, |_, _| None);
+            assert_eq!(scoped.table().services, full.table().services, "step {i}");
+            assert_eq!(*scoped_tunnel.borrow(), *full_tunnel.borrow(), "step {i}");
+            assert_eq!(
+                report.backends_by_cluster, full_report.backends_by_cluster,
+                "step {i}"
+            );
+            previous = want.clone();
+        }
+        assert!(scoped.table().services.is_empty());
+        assert!(
+            scoped_tunnel.borrow().targets.is_empty(),
+            "every VIP released"
+        );
+        assert_eq!(
+            scoped.mesh_vip(
+                &ClusterName::new("east").unwrap(),
+                "10.2.0.1".parse().unwrap()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_scoped_pass_writes_only_its_frontends() {
+        let mut p = Programmer::adopt(Fake::default(), &ranges()).unwrap();
+        let first = desired(&[
+            ("10.96.0.10:80", &[("10.1.0.1:8080", None)]),
+            ("10.96.0.11:80", &[("10.1.0.2:8080", None)]),
+        ]);
+        p.apply(&first, |_, _| None);
+        let writes = p.table().writes;
+        let second = desired(&[
+            ("10.96.0.10:80", &[("10.1.0.1:8080", None)]),
+            ("10.96.0.11:80", &[("10.1.0.3:8080", None)]),
+        ]);
+        let only = BTreeSet::from([frontend("10.96.0.11:80")]);
+        let report = p.apply_scoped(&second, Scope::Frontends(&only), |_, _| None);
+        assert_eq!((report.upserted, report.unchanged), (1, 0));
+        assert_eq!(p.table().writes, writes + 1);
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
 
 use clustermesh_model::Protocol;
 use clustermesh_node_agent::dns::zone::{DnsEndpoint, DnsService, DnsView, NamedPort};
@@ -130,7 +131,10 @@ fn view() -> DnsView {
     );
     DnsView {
         ready: true,
-        services,
+        services: services
+            .into_iter()
+            .map(|(key, service)| (key, Arc::new(service)))
+            .collect(),
     }
 }
 
@@ -161,12 +165,12 @@ async fn dig_gets_every_kind_of_answer() {
     };
     upstream_view.services.insert(
         ("default".to_owned(), "kubernetes".to_owned()),
-        DnsService {
+        Arc::new(DnsService {
             headless: false,
             vips: vec!["10.96.0.1".parse().unwrap()],
             ports: vec![port("https", Protocol::Tcp, 443)],
             endpoints: vec![],
-        },
+        }),
     );
     upstream_feed.update(upstream_view);
 

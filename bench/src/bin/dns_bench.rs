@@ -52,7 +52,7 @@ fn view(services: usize, zone_port_name: &str) -> DnsView {
     for i in 0..services {
         view.services.insert(
             ("bench".to_owned(), format!("svc-{i}")),
-            DnsService {
+            std::sync::Arc::new(DnsService {
                 headless: false,
                 vips: vec![std::net::IpAddr::from([10, 96, (i >> 8) as u8, i as u8])],
                 ports: vec![NamedPort {
@@ -61,7 +61,7 @@ fn view(services: usize, zone_port_name: &str) -> DnsView {
                     port: 80,
                 }],
                 endpoints: vec![],
-            },
+            }),
         );
     }
     view

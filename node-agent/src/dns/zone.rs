@@ -15,7 +15,7 @@
 //! (or has names below it) without records of the asked type is NODATA; both carry the zone's
 //! SOA in the authority section, its minimum set to the TTL so negative caching stays short.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -69,7 +69,9 @@ pub struct DnsView {
     /// client retries rather than caching a wrong NXDOMAIN.
     pub ready: bool,
     /// By (namespace, name), lower case.
-    pub services: BTreeMap<(String, String), DnsService>,
+    /// Shared (`Arc`) so that publishing a new view after a change copies pointers, not
+    /// every service.
+    pub services: BTreeMap<(String, String), Arc<DnsService>>,
 }
 
 /// `10.1.2.3` → `10-1-2-3`, `fd00::1` → `fd00--1`: a backend's label when it has no hostname.
@@ -98,95 +100,111 @@ impl DnsView {
         local_cluster: &ClusterName,
         mesh_vip: impl Fn(&ClusterName, IpAddr) -> Option<IpAddr>,
     ) -> DnsView {
-        let mut remote: BTreeMap<
-            &ServiceName,
-            Vec<(&ClusterName, &GlobalService, &crate::merge::PeerInput)>,
-        > = BTreeMap::new();
-        for peer in &input.peers {
-            for (name, service) in peer.effective().into_iter().flatten() {
-                if service.shared {
-                    remote
-                        .entry(name)
-                        .or_default()
-                        .push((&peer.name, service.as_ref(), peer));
-                }
-            }
-        }
-        let names: std::collections::BTreeSet<&ServiceName> =
-            input.local.keys().chain(remote.keys().copied()).collect();
-        let mut services = BTreeMap::new();
-        for name in names {
-            let local = input.local.get(name).map(Arc::as_ref);
-            let peers = remote.get(name).map(Vec::as_slice).unwrap_or_default();
-            let Some(first) = local.or_else(|| peers.first().map(|(_, s, _)| *s)) else {
-                continue;
-            };
-            let headless = first.headless;
-            let (vips, ports) = if headless {
-                (Vec::new(), Vec::new())
-            } else {
-                let vips: Vec<IpAddr> = match local {
-                    Some(local) => local.frontends.iter().map(|f| f.ip).collect(),
-                    None => input.clusterset_vips.get(name).cloned().unwrap_or_default(),
-                };
-                let ports = first
-                    .frontends
-                    .first()
-                    .map(|f| named_ports(f.ports.iter()))
-                    .unwrap_or_default();
-                (vips, ports)
-            };
-            if !headless && vips.is_empty() {
-                // A remote-only service before its clusterset VIP exists: nothing to dial yet.
-                continue;
-            }
-            let mut endpoints = Vec::new();
-            if headless {
-                let locals = local
-                    .into_iter()
-                    .flat_map(|s| s.backends.iter())
-                    .filter(|b| b.ready)
-                    .map(|b| (local_cluster, b, Some(b.ip)));
-                let remotes = peers.iter().flat_map(|(cluster, s, peer)| {
-                    s.backends
-                        .iter()
-                        .filter(|b| {
-                            b.ready && b.node.as_ref().is_some_and(|n| peer.live_nodes.contains(n))
-                        })
-                        .map(|b| (*cluster, b, mesh_vip(cluster, b.ip)))
-                });
-                for (cluster, backend, address) in locals.chain(remotes) {
-                    let Some(address) = address else { continue };
-                    endpoints.push(DnsEndpoint {
-                        cluster: cluster.to_string(),
-                        hostname: backend
-                            .hostname
-                            .as_deref()
-                            .map(str::to_ascii_lowercase)
-                            .unwrap_or_else(|| address_label(backend.ip)),
-                        address,
-                        ports: named_ports(backend.ports.iter()),
-                    });
-                }
-            }
-            services.insert(
-                (
-                    name.namespace.to_ascii_lowercase(),
-                    name.name.to_ascii_lowercase(),
-                ),
-                DnsService {
-                    headless,
-                    vips,
-                    ports,
-                    endpoints,
-                },
-            );
-        }
-        DnsView {
+        let mut view = DnsView {
             ready: true,
-            services,
+            services: BTreeMap::new(),
+        };
+        view.update_services(input, &input.service_names(), local_cluster, mesh_vip);
+        view
+    }
+
+    /// Rebuilds the named services' entries only (added, changed or removed): what a pass
+    /// needs after a change to a few services.
+    pub fn update_services(
+        &mut self,
+        input: &MergeInput,
+        names: &BTreeSet<ServiceName>,
+        local_cluster: &ClusterName,
+        mesh_vip: impl Fn(&ClusterName, IpAddr) -> Option<IpAddr>,
+    ) {
+        for name in names {
+            let key = (
+                name.namespace.to_ascii_lowercase(),
+                name.name.to_ascii_lowercase(),
+            );
+            match dns_service(input, name, local_cluster, &mesh_vip) {
+                Some(service) => {
+                    self.services.insert(key, Arc::new(service));
+                }
+                None => {
+                    self.services.remove(&key);
+                }
+            }
         }
     }
+}
+
+/// One service's entry, or `None` if it has nothing to answer with.
+fn dns_service(
+    input: &MergeInput,
+    name: &ServiceName,
+    local_cluster: &ClusterName,
+    mesh_vip: &impl Fn(&ClusterName, IpAddr) -> Option<IpAddr>,
+) -> Option<DnsService> {
+    let local = input.local.get(name).map(Arc::as_ref);
+    let peers: Vec<(&ClusterName, &GlobalService, &crate::merge::PeerInput)> = input
+        .peers
+        .iter()
+        .filter_map(|peer| {
+            let service = peer.effective()?.get(name)?;
+            service
+                .shared
+                .then_some((&peer.name, service.as_ref(), peer))
+        })
+        .collect();
+    let first = local.or_else(|| peers.first().map(|(_, s, _)| *s))?;
+    let headless = first.headless;
+    let (vips, ports) = if headless {
+        (Vec::new(), Vec::new())
+    } else {
+        let vips: Vec<IpAddr> = match local {
+            Some(local) => local.frontends.iter().map(|f| f.ip).collect(),
+            None => input.clusterset_vips.get(name).cloned().unwrap_or_default(),
+        };
+        let ports = first
+            .frontends
+            .first()
+            .map(|f| named_ports(f.ports.iter()))
+            .unwrap_or_default();
+        (vips, ports)
+    };
+    if !headless && vips.is_empty() {
+        // A remote-only service before its clusterset VIP exists: nothing to dial yet.
+        return None;
+    }
+    let mut endpoints = Vec::new();
+    if headless {
+        let locals = local
+            .into_iter()
+            .flat_map(|s| s.backends.iter())
+            .filter(|b| b.ready)
+            .map(|b| (local_cluster, b, Some(b.ip)));
+        let remotes = peers.iter().flat_map(|(cluster, s, peer)| {
+            s.backends
+                .iter()
+                .filter(|b| b.ready && b.node.as_ref().is_some_and(|n| peer.live_nodes.contains(n)))
+                .map(|b| (*cluster, b, mesh_vip(cluster, b.ip)))
+        });
+        for (cluster, backend, address) in locals.chain(remotes) {
+            let Some(address) = address else { continue };
+            endpoints.push(DnsEndpoint {
+                cluster: cluster.to_string(),
+                hostname: backend
+                    .hostname
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .unwrap_or_else(|| address_label(backend.ip)),
+                address,
+                ports: named_ports(backend.ports.iter()),
+            });
+        }
+    }
+    Some(DnsService {
+        headless,
+        vips,
+        ports,
+        endpoints,
+    })
 }
 
 /// The ready TCP backends of peers' headless services on nodes with a live agent: clients get
