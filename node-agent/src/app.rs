@@ -502,18 +502,21 @@ fn pass(
     if let Some(dns) = &cl.dns {
         let programmer = &cl.programmer;
         let mesh_vip = |cluster: &ClusterName, ip| programmer.mesh_vip(cluster, ip);
-        if full {
+        let changed = if full {
             cl.dns_view = DnsView::build(&input, &cl.config.cluster.name, mesh_vip);
+            true
         } else {
             cl.dns_view.update_services(
                 &input,
                 &changes.services,
                 &cl.config.cluster.name,
                 mesh_vip,
-            );
+            )
+        };
+        if changed {
+            // The view's services are shared pointers: the copy is of the index only.
+            dns.update(cl.dns_view.clone());
         }
-        // Cheap: the view's services are shared pointers.
-        dns.update(cl.dns_view.clone());
     }
     if let Some(listener) = cl.pending_listener.take() {
         match cl

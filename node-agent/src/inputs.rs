@@ -103,7 +103,8 @@ struct PeerState {
     agents: BTreeMap<String, Agent>,
     /// Kinds whose mirror is complete.
     markers: BTreeSet<Kind>,
-    /// The services at the last pass where the mirror was synced.
+    /// The services when the mirror was last synced, taken when it stops being synced. Not
+    /// kept while synced: holding a second reference would make every update copy the map.
     last_synced: Option<Arc<ServiceMap>>,
 }
 
@@ -427,6 +428,9 @@ impl Inputs {
             return false;
         }
         self.changes.everything |= peer.markers.insert(kind) || peer.id.is_none();
+        if peer.id.is_some() && peer.synced() {
+            peer.last_synced = None; // the current map is the synced one again
+        }
         if peer.id.is_none() {
             peer.id = Some(id);
             let waiting = std::mem::take(&mut peer.undecoded);
@@ -467,10 +471,15 @@ impl Inputs {
                 };
                 let (remote, changed) = match parsed {
                     Key::CacheSynced { remote, kind } => {
-                        let changed = self
-                            .peers
-                            .get_mut(&remote)
-                            .is_some_and(|p| p.markers.remove(&kind));
+                        let changed = self.peers.get_mut(&remote).is_some_and(|p| {
+                            let was_synced = p.synced();
+                            let removed = p.markers.remove(&kind);
+                            if was_synced && !p.synced() {
+                                // What the merge keeps using until the mirror is synced again.
+                                p.last_synced = Some(p.services.clone());
+                            }
+                            removed
+                        });
                         self.changes.everything |= changed;
                         (remote, changed)
                     }
@@ -513,9 +522,8 @@ impl Inputs {
         }
     }
 
-    /// The merge's input now. Also records, for every synced peer, the view the merge will use
-    /// if the peer's mirror stops being synced.
-    pub fn merge_input(&mut self) -> MergeInput {
+    /// The merge's input now.
+    pub fn merge_input(&self) -> MergeInput {
         let mut local = ServiceMap::new();
         for service in self.local_services.values() {
             // A service moving between shared and local-only is briefly under both keys; they
@@ -524,12 +532,9 @@ impl Inputs {
         }
         let peers = self
             .peers
-            .iter_mut()
+            .iter()
             .map(|(name, p)| {
                 let synced = p.synced();
-                if synced {
-                    p.last_synced = Some(p.services.clone());
-                }
                 PeerInput {
                     name: name.clone(),
                     synced,
@@ -674,7 +679,29 @@ mod tests {
             "the same record again changes nothing"
         );
 
+        // The mirror stops being synced: the merge keeps what it held, and takes nothing new.
+        inputs.apply(
+            Source::Cache,
+            WatchEvent::Delete {
+                key: schema.cache_synced(&east.name, Kind::Services),
+            },
+        );
+        assert!(inputs.take_changes().everything);
+        let c = schema.cache(&east.name, &object("c"));
+        inputs.apply(Source::Cache, upsert(c, service(&east, "c").to_json()));
+        let input = inputs.merge_input();
+        let effective: Vec<String> = input.peers[0]
+            .effective()
+            .unwrap()
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(effective, ["demo/b"]);
+        assert_eq!(input.peers[0].current.len(), 2);
+        drop(input);
+
         // The peer's service goes: that name.
+        inputs.take_changes();
         inputs.apply(Source::Cache, WatchEvent::Delete { key });
         assert_eq!(names(&inputs.take_changes()), ["demo/b"]);
     }

@@ -9,7 +9,7 @@
 //!   the control loop).
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::TunnelSettings;
-use crate::mesh_vip::TunnelTable;
+use crate::mesh_vip::{TunnelTable, TunnelTarget};
 
 /// How often the peers directory is re-read for connected clusters and their CA bundles.
 const PEERS_POLL: Duration = Duration::from_secs(2);
@@ -116,7 +116,7 @@ impl AgentTunnel {
     }
 
     fn run(
-        start: TunnelStart<'_>,
+        mut start: TunnelStart<'_>,
         inbound: tokio::net::TcpListener,
         outbound: tokio::net::TcpListener,
         registry: &mut Registry,
@@ -134,7 +134,10 @@ impl AgentTunnel {
         );
         let metrics = Arc::new(Metrics::new(registry.sub_registry_with_prefix("tunnel")));
 
-        let (routes_tx, routes) = watch::channel(routing_table(&start.table.borrow()));
+        // The routes and the feeder's record of what they were made from come from one read
+        // of the table; a change after it wakes the feeder.
+        let targets = start.table.borrow_and_update().targets.clone();
+        let (routes_tx, routes) = watch::channel(routing_table(&targets));
         let connected = read_connected(start.peers_dir.as_ref(), start.mesh);
         let (authz_tx, authz) = watch::channel(AuthorizationView {
             connected: connected.clone(),
@@ -159,7 +162,7 @@ impl AgentTunnel {
             "tunnel started"
         );
         let feeders = vec![
-            tokio::spawn(feed_routes(start.table, routes_tx)),
+            tokio::spawn(feed_routes(start.table, targets, routes_tx)),
             tokio::spawn(feed_authorization(
                 start.peers_dir,
                 start.mesh,
@@ -197,32 +200,90 @@ impl AgentTunnel {
 /// The tunnel's routing table for the programmer's mesh VIPs. A VIP whose node has no live
 /// agent (no tunnel address) gets no entry: its connections are closed at once, which is
 /// what the client should see for a backend nobody can reach.
-fn routing_table(table: &TunnelTable) -> RoutingTable {
+fn routing_table(targets: &BTreeMap<IpAddr, TunnelTarget>) -> RoutingTable {
     let mut routes = RoutingTable::new();
-    for (vip, target) in &table.targets {
-        let (Some(node), Some(tunnel)) = (&target.node, target.tunnel_address) else {
-            continue;
-        };
-        routes.insert(
-            *vip,
-            None,
-            RemoteTarget {
-                cluster: target.cluster.to_string(),
-                node: node.clone(),
-                tunnel,
-                backend_ip: target.backend_ip,
-                backend_port: None,
-            },
-        );
+    for (vip, target) in targets {
+        if let Some(route) = route(target) {
+            routes.insert(*vip, None, route);
+        }
     }
     routes
 }
 
-async fn feed_routes(mut table: watch::Receiver<TunnelTable>, routes: watch::Sender<RoutingTable>) {
+fn route(target: &TunnelTarget) -> Option<RemoteTarget> {
+    let (Some(node), Some(tunnel)) = (&target.node, target.tunnel_address) else {
+        return None;
+    };
+    Some(RemoteTarget {
+        cluster: target.cluster.to_string(),
+        node: node.clone(),
+        tunnel,
+        backend_ip: target.backend_ip,
+        backend_port: None,
+    })
+}
+
+/// Keeps the routing table equal to the programmer's tunnel table, changing only the VIPs
+/// that differ: rebuilding the whole table after every pass cost more than the pass itself
+/// at 20k remote backends. `last` is what the current routes were made from.
+async fn feed_routes(
+    mut table: watch::Receiver<TunnelTable>,
+    mut last: BTreeMap<IpAddr, TunnelTarget>,
+    routes: watch::Sender<RoutingTable>,
+) {
     while table.changed().await.is_ok() {
-        let next = routing_table(&table.borrow_and_update());
-        routes.send_replace(next);
+        let (removed, changed) = diff_targets(&last, &table.borrow_and_update().targets);
+        if removed.is_empty() && changed.is_empty() {
+            continue;
+        }
+        routes.send_modify(|r| {
+            for vip in &removed {
+                r.remove(*vip, None);
+            }
+            for (vip, target) in &changed {
+                match route(target) {
+                    Some(route) => r.insert(*vip, None, route),
+                    None => {
+                        r.remove(*vip, None);
+                    }
+                }
+            }
+        });
+        for vip in removed {
+            last.remove(&vip);
+        }
+        last.extend(changed);
     }
+}
+
+/// VIPs in `old` but not in `new`, and entries of `new` that are not in `old` as they are.
+/// One walk over both sorted maps, without allocating for unchanged entries.
+fn diff_targets(
+    old: &BTreeMap<IpAddr, TunnelTarget>,
+    new: &BTreeMap<IpAddr, TunnelTarget>,
+) -> (Vec<IpAddr>, Vec<(IpAddr, TunnelTarget)>) {
+    let mut removed = Vec::new();
+    let mut changed = Vec::new();
+    let mut old_entries = old.iter().peekable();
+    for (vip, target) in new {
+        while let Some((old_vip, _)) = old_entries.peek()
+            && *old_vip < vip
+        {
+            removed.push(**old_vip);
+            old_entries.next();
+        }
+        match old_entries.peek() {
+            Some((old_vip, old_target)) if *old_vip == vip => {
+                if *old_target != target {
+                    changed.push((*vip, target.clone()));
+                }
+                old_entries.next();
+            }
+            _ => changed.push((*vip, target.clone())),
+        }
+    }
+    removed.extend(old_entries.map(|(vip, _)| *vip));
+    (removed, changed)
 }
 
 /// Connected clusters and their nodes' CA bundles, from the peers directory. A peer whose
@@ -322,7 +383,7 @@ mod tests {
         table
             .targets
             .insert("100.64.0.3".parse().unwrap(), target(None, None));
-        let routes = routing_table(&table);
+        let routes = routing_table(&table.targets);
         let resolved = routes
             .resolve("100.64.0.1:8080".parse().unwrap())
             .expect("a live node's VIP is routed");
@@ -330,5 +391,71 @@ mod tests {
         assert_eq!(resolved.target.node, "west-1");
         assert!(routes.resolve("100.64.0.2:8080".parse().unwrap()).is_none());
         assert!(routes.resolve("100.64.0.3:8080".parse().unwrap()).is_none());
+    }
+    fn target(node: &str, backend: &str) -> TunnelTarget {
+        TunnelTarget {
+            cluster: ClusterName::new("west").unwrap(),
+            backend_ip: backend.parse().unwrap(),
+            ports: BTreeSet::from([8080]),
+            node: Some(node.to_owned()),
+            tunnel_address: Some("172.20.2.10:4244".parse().unwrap()),
+        }
+    }
+
+    fn vip(last: u8) -> IpAddr {
+        IpAddr::from([100, 64, 0, last])
+    }
+
+    #[test]
+    fn the_diff_names_removed_vips_and_new_or_changed_targets_only() {
+        let old = BTreeMap::from([
+            (vip(1), target("a", "10.0.0.1")),
+            (vip(2), target("a", "10.0.0.2")),
+            (vip(4), target("a", "10.0.0.4")),
+            (vip(9), target("a", "10.0.0.9")),
+        ]);
+        let new = BTreeMap::from([
+            (vip(2), target("a", "10.0.0.2")),
+            (vip(3), target("a", "10.0.0.3")),
+            (vip(4), target("b", "10.0.0.4")),
+        ]);
+        let (removed, changed) = diff_targets(&old, &new);
+        assert_eq!(removed, [vip(1), vip(9)]);
+        let changed: Vec<IpAddr> = changed.into_iter().map(|(v, _)| v).collect();
+        assert_eq!(changed, [vip(3), vip(4)]);
+        assert_eq!(diff_targets(&new, &new), (vec![], vec![]));
+    }
+
+    #[tokio::test]
+    async fn the_routes_follow_the_tunnel_table() {
+        let (table_tx, mut table_rx) = watch::channel(TunnelTable::default());
+        let targets = table_rx.borrow_and_update().targets.clone();
+        let (routes_tx, mut routes) = watch::channel(routing_table(&targets));
+        let feeder = tokio::spawn(feed_routes(table_rx, targets, routes_tx));
+        let resolves = |routes: &RoutingTable, v: u8| {
+            routes
+                .resolve(SocketAddr::new(vip(v), 8080))
+                .map(|r| r.target.node.clone())
+        };
+        table_tx.send_modify(|t| {
+            t.targets.insert(vip(1), target("a", "10.0.0.1"));
+            t.targets.insert(vip(2), target("a", "10.0.0.2"));
+        });
+        routes.changed().await.unwrap();
+        assert_eq!(
+            resolves(&routes.borrow_and_update(), 2).as_deref(),
+            Some("a")
+        );
+        table_tx.send_modify(|t| {
+            t.targets.remove(&vip(1));
+            t.targets.insert(vip(2), target("b", "10.0.0.2"));
+        });
+        routes.changed().await.unwrap();
+        let now = routes.borrow_and_update();
+        assert_eq!(resolves(&now, 1), None);
+        assert_eq!(resolves(&now, 2).as_deref(), Some("b"));
+        assert_eq!(now.len(), 1);
+        drop(now);
+        feeder.abort();
     }
 }

@@ -109,14 +109,16 @@ impl DnsView {
     }
 
     /// Rebuilds the named services' entries only (added, changed or removed): what a pass
-    /// needs after a change to a few services.
+    /// needs after a change to a few services. Returns whether any entry changed (a new
+    /// backend of a service with a VIP changes nothing here).
     pub fn update_services(
         &mut self,
         input: &MergeInput,
         names: &BTreeSet<ServiceName>,
         local_cluster: &ClusterName,
         mesh_vip: impl Fn(&ClusterName, IpAddr) -> Option<IpAddr>,
-    ) {
+    ) -> bool {
+        let mut changed = false;
         for name in names {
             let key = (
                 name.namespace.to_ascii_lowercase(),
@@ -124,13 +126,15 @@ impl DnsView {
             );
             match dns_service(input, name, local_cluster, &mesh_vip) {
                 Some(service) => {
-                    self.services.insert(key, Arc::new(service));
+                    if self.services.get(&key).map(Arc::as_ref) != Some(&service) {
+                        self.services.insert(key, Arc::new(service));
+                        changed = true;
+                    }
                 }
-                None => {
-                    self.services.remove(&key);
-                }
+                None => changed |= self.services.remove(&key).is_some(),
             }
         }
+        changed
     }
 }
 
