@@ -233,12 +233,15 @@ fn classify(config: &EtcdConfig, endpoints: &str, err: &etcd_client::Error) -> C
     let untrusted_server = has("UnknownIssuer") || has("BadSignature");
     // With TLS 1.3 the client finishes its handshake before the server checks the client
     // certificate, so a refusal shows up either as the server's alert or, if the request was
-    // already in flight, as a connection closed right after the handshake.
+    // already in flight, as a connection closed right after the handshake (seen as closed,
+    // canceled, reset, or a broken pipe if we were still writing the request).
     let client_rejected = has("BadCertificate")
         || has("CertificateRequired")
         || has("UnknownCA")
         || has("connection closed")
-        || has("Canceled");
+        || has("Canceled")
+        || has("BrokenPipe")
+        || has("ConnectionReset");
     match &config.tls {
         Some(tls) if untrusted_server => {
             return ConnectError::UntrustedServer {
