@@ -277,6 +277,14 @@ async fn a_restart_leaves_no_window_and_keeps_identity_ids() {
             assert!(now.contains_key(key), "{key} vanished");
         }
     }
+    // An unchanged service keeps its value, change stamp included: peers and agents see no
+    // change and measure no propagation lag for it.
+    let echo = "clustermesh/state/services/v1/east/demo/echo";
+    assert_eq!(now[echo], published[echo]);
+    let StateValue::Service(service) = &decoded(&c, SERVICES, &east).await[echo] else {
+        panic!("not a service")
+    };
+    assert!(service.modified_unix_millis.is_some(), "{service:?}");
 
     // The identities keep their numbers (the unused one is kept for its grace period).
     let ids_after = decoded(&c, "clustermesh/state/identities/v1/east/", &east).await;

@@ -590,6 +590,7 @@ fn service(
         headless: w.headless,
         labels: labels(w.labels, limits)?,
         selector: labels(w.selector, limits)?,
+        modified_unix_millis: w.modified_unix_millis,
     })
 }
 

@@ -118,6 +118,10 @@ pub struct GlobalService {
     pub headless: bool,
     pub labels: BTreeMap<String, String>,
     pub selector: BTreeMap<String, String>,
+    /// When the publishing apiserver last changed this service's content, by its clock
+    /// (milliseconds since the epoch). Agents measure propagation lag from it; it is not
+    /// part of what is programmed.
+    pub modified_unix_millis: Option<u64>,
 }
 
 fn ports_wire(ports: &Ports) -> wire::PortsWire {
@@ -181,6 +185,7 @@ impl GlobalService {
             shared: self.shared,
             affinity: (self.affinity != Affinity::None).then(|| self.affinity.as_str().to_owned()),
             headless: self.headless,
+            modified_unix_millis: self.modified_unix_millis,
             cluster_id: u64::from(self.cluster_id.get()),
         };
         json(&w)

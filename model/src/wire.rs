@@ -61,6 +61,9 @@ pub(crate) struct ServiceWire {
     /// Ours, optional: Cilium's layout has no such field (a headless service has no frontends).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub headless: bool,
+    /// Ours, optional: when the publishing apiserver last changed the service (its clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_unix_millis: Option<u64>,
     #[serde(rename = "clusterID")]
     pub cluster_id: u64,
 }

@@ -537,6 +537,11 @@ fn pass(
         warn!(errors = ?report.errors, "programming pass had errors; the next pass retries");
     }
     cl.full_pass_next = !report.errors.is_empty();
+    let now = clustermesh_store::unix_millis_now();
+    for stamp in &changes.stamps {
+        let lag_ms = now.saturating_sub(*stamp);
+        cl.metrics.propagation_lag.observe(lag_ms as f64 / 1000.0);
+    }
 
     let m = &cl.metrics;
     m.ready.set(1);

@@ -142,11 +142,14 @@ pub struct Changes {
     pub services: BTreeSet<ServiceName>,
     /// A local service changed: the set of backends the tunnel may dial is recomputed.
     pub local: bool,
+    /// The change stamps (publishing apiserver's clock, ms) of services updated by watch
+    /// events after the first list: the propagation-lag metric measures from them.
+    pub stamps: Vec<u64>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        !self.everything && self.services.is_empty() && !self.local
+        !self.everything && self.services.is_empty() && !self.local && self.stamps.is_empty()
     }
 }
 
@@ -167,6 +170,8 @@ pub struct Inputs {
     pub rejected: BTreeMap<&'static str, u64>,
     pub last_rejection: Option<String>,
     changes: Changes,
+    /// The event being applied came from a watch after the first list.
+    stamp_from_watch: bool,
 }
 
 impl Inputs {
@@ -187,6 +192,7 @@ impl Inputs {
                 everything: true,
                 ..Changes::default()
             },
+            stamp_from_watch: false,
         }
     }
 
@@ -264,10 +270,24 @@ impl Inputs {
                 self.changes.everything = true;
                 true
             }
-            WatchEvent::InitApply(entry) | WatchEvent::Upsert(entry) => {
-                self.upsert(source, &entry.key, entry.value)
+            WatchEvent::InitApply(entry) => self.upsert(source, &entry.key, entry.value),
+            WatchEvent::Upsert(entry) => {
+                // A first list brings services changed long ago: only later updates count
+                // for the propagation lag.
+                self.stamp_from_watch = true;
+                let changed = self.upsert(source, &entry.key, entry.value);
+                self.stamp_from_watch = false;
+                changed
             }
             WatchEvent::Delete { key } => self.delete(source, &key),
+        }
+    }
+
+    fn note_stamp(&mut self, service: &GlobalService) {
+        if self.stamp_from_watch
+            && let Some(stamp) = service.modified_unix_millis
+        {
+            self.changes.stamps.push(stamp);
         }
     }
 
@@ -282,6 +302,7 @@ impl Inputs {
             Source::SharedServices | Source::LocalOnlyServices => {
                 match decode_state(&self.schema, key, &value, &self.local, &self.limits) {
                     Ok((_, StateValue::Service(service))) => {
+                        self.note_stamp(&service);
                         self.changes.services.insert(ServiceName::of(&service));
                         self.changes.local = true;
                         self.local_services
@@ -372,6 +393,7 @@ impl Inputs {
         let decoded = decode_state(&self.schema, key, value, &expected, &self.limits);
         match decoded {
             Ok((_, StateValue::Service(service))) => {
+                self.note_stamp(&service);
                 let peer = self.peers.get_mut(&remote).expect("peer exists");
                 let name = ServiceName::of(&service);
                 Arc::make_mut(&mut peer.services).insert(name.clone(), Arc::new(service));
@@ -434,9 +456,12 @@ impl Inputs {
         if peer.id.is_none() {
             peer.id = Some(id);
             let waiting = std::mem::take(&mut peer.undecoded);
+            // Values held back until now are a first appearance, not a change to measure.
+            let from_watch = std::mem::replace(&mut self.stamp_from_watch, false);
             for (key, value) in waiting {
                 self.decode_peer_value(&key, &value);
             }
+            self.stamp_from_watch = from_watch;
         }
         true
     }
@@ -585,6 +610,7 @@ mod tests {
             shared: true,
             affinity: Affinity::None,
             include_external: false,
+            modified_unix_millis: None,
             headless: false,
             labels: Default::default(),
             selector: Default::default(),
@@ -648,13 +674,23 @@ mod tests {
         );
         assert!(inputs.take_changes().everything);
 
-        // A peer's service: that name only; not a local change.
+        // A peer's service: that name only; not a local change. Its change stamp is kept
+        // for the propagation-lag metric (a first list's would not be).
         let key = schema.cache(&east.name, &object("b"));
+        let mut b = service(&east, "b");
+        b.modified_unix_millis = Some(1_700_000_000_000);
         inputs.apply(
             Source::Cache,
-            upsert(key.clone(), service(&east, "b").to_json()),
+            WatchEvent::InitApply(Entry {
+                key: key.clone(),
+                value: b.to_json(),
+                mod_revision: 1,
+            }),
         );
+        assert!(inputs.take_changes().stamps.is_empty());
+        inputs.apply(Source::Cache, upsert(key.clone(), b.to_json()));
         let changes = inputs.take_changes();
+        assert_eq!(changes.stamps, [1_700_000_000_000]);
         assert_eq!(
             (names(&changes), changes.local, changes.everything),
             (vec!["demo/b".to_owned()], false, false)

@@ -363,6 +363,7 @@ mod tests {
             shared: true,
             affinity: Affinity::None,
             include_external: false,
+            modified_unix_millis: None,
             headless: false,
             labels: Default::default(),
             selector: Default::default(),

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub mesh_vips: Gauge,
     pub passes: Counter,
     pub pass_duration: Histogram,
+    pub propagation_lag: Histogram,
     pub map_errors: Counter,
     pub validation_failures: Family<ReasonLabels, Counter>,
 }
@@ -41,6 +42,9 @@ impl Metrics {
             passes: Counter::default(),
             pass_duration: Histogram::new([
                 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
+            propagation_lag: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             map_errors: Counter::default(),
             validation_failures: Family::default(),
@@ -74,6 +78,12 @@ impl Metrics {
             "programming_pass_duration_seconds",
             "how long the map programming of one pass (diff, mesh VIPs, map writes) took",
             metrics.pass_duration.clone(),
+        );
+        registry.register(
+            "propagation_lag_seconds",
+            "from a service change in its cluster (the publishing apiserver's stamp) to the end of \
+             the pass that programmed it; across clusters this includes their clock difference",
+            metrics.propagation_lag.clone(),
         );
         registry.register(
             "map_errors",

@@ -245,6 +245,7 @@ impl Mesh {
                     shared: true,
                     affinity: Affinity::None,
                     include_external: false,
+                    modified_unix_millis: None,
                     headless: false,
                     labels: BTreeMap::new(),
                     selector: BTreeMap::new(),
@@ -379,6 +380,8 @@ impl Mesh {
             .expect("the backend is in its service");
         backend.ip = new_ip;
         svc.backends.sort_by_key(|b| b.ip);
+        // As the publishing apiserver stamps a change: the agent's propagation-lag metric.
+        svc.modified_unix_millis = Some(clustermesh_store::unix_millis_now());
         Update {
             service: s,
             key: self.schema.cache(&cluster.name, &Self::service_object(s)),
@@ -500,6 +503,8 @@ impl AgentProcess {
         Work {
             passes: metric("clustermesh_agent_programming_passes_total"),
             programming_secs: metric("clustermesh_agent_programming_pass_duration_seconds_sum"),
+            lag_secs: metric("clustermesh_agent_propagation_lag_seconds_sum"),
+            lag_count: metric("clustermesh_agent_propagation_lag_seconds_count"),
             cpu: self.cpu_time(),
         }
     }
@@ -515,6 +520,9 @@ impl AgentProcess {
 struct Work {
     passes: f64,
     programming_secs: f64,
+    /// The agent's propagation-lag histogram: sum and count.
+    lag_secs: f64,
+    lag_count: f64,
     cpu: Duration,
 }
 
@@ -526,6 +534,8 @@ struct WorkDone {
     /// Mean CPU time of the whole agent per pass (merge, programming, status, watches, tunnel).
     cpu_ms_per_pass: f64,
     cpu_s: f64,
+    /// Mean propagation lag by the agent's own metric (stamp in the value → pass done).
+    reported_lag_ms: f64,
 }
 
 impl WorkDone {
@@ -537,6 +547,8 @@ impl WorkDone {
             programming_ms: 1000.0 * (b.programming_secs - a.programming_secs) / passes.max(1.0),
             cpu_ms_per_pass: 1000.0 * cpu_s / passes.max(1.0),
             cpu_s,
+            reported_lag_ms: 1000.0 * (b.lag_secs - a.lag_secs)
+                / (b.lag_count - a.lag_count).max(1.0),
         }
     }
 
@@ -546,6 +558,7 @@ impl WorkDone {
             "programming_ms_per_pass": self.programming_ms,
             "agent_cpu_ms_per_pass": self.cpu_ms_per_pass,
             "agent_cpu_s": self.cpu_s,
+            "agent_reported_mean_lag_ms": self.reported_lag_ms,
         })
     }
 }
@@ -1224,16 +1237,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let churn_work = WorkDone::between(work_quiet, work_churn);
     println!();
     println!(
-        "{:<46} {:>8} {:>16} {:>16} {:>12}",
-        "agent work (its metrics and /proc)", "passes", "CPU per pass", "map programming", "CPU"
+        "{:<46} {:>8} {:>16} {:>16} {:>16} {:>12}",
+        "agent work (its metrics and /proc)",
+        "passes",
+        "CPU per pass",
+        "map programming",
+        "its mean lag",
+        "CPU"
     );
     let work_row = |label: &str, w: &WorkDone, secs: f64| {
         println!(
-            "  {:<44} {:>8} {:>13.1} ms {:>13.1} ms {:>7.1} s{}",
+            "  {:<44} {:>8} {:>13.1} ms {:>13.1} ms {:>13.1} ms {:>7.1} s{}",
             label,
             w.passes,
             w.cpu_ms_per_pass,
             w.programming_ms,
+            w.reported_lag_ms,
             w.cpu_s,
             if secs > 0.0 {
                 format!(" ({:.0}% of a core)", 100.0 * w.cpu_s / secs)

@@ -76,6 +76,7 @@ fn service(cluster: &ClusterName, id: ClusterId, i: usize) -> GlobalService {
         shared: true,
         affinity: Affinity::None,
         include_external: false,
+        modified_unix_millis: None,
         headless: false,
         labels: BTreeMap::new(),
         selector: BTreeMap::new(),

@@ -4,12 +4,12 @@
 //! is in. Each pass recomputes the whole desired state from the latest view; the writers turn
 //! that into the minimal set of etcd writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use clustermesh_model::{
-    Endpoint, ExpectedCluster, Identity, KeySchema, Kind, Marker, ObjectName, is_dns_label,
-    is_dns_subdomain,
+    Endpoint, ExpectedCluster, Identity, KeySchema, Kind, Limits, Marker, ObjectName, StateValue,
+    decode_state, is_dns_label, is_dns_subdomain,
 };
 use clustermesh_store::{
     Client, Session, SyncWriter, SyncWriterConfig, WriterError, unix_millis_now,
@@ -56,6 +56,10 @@ pub struct Publisher {
     agents_marker: SyncWriter,
     allocator: IdentityAllocator,
     synced: bool,
+    /// Per service key: its content without the stamp, and when that content was first
+    /// published. A service is re-stamped only when its content changes, so an unchanged
+    /// service is never rewritten (and a restart adopts the stamps already in etcd).
+    service_stamps: HashMap<String, (Vec<u8>, u64)>,
 }
 
 impl Publisher {
@@ -84,6 +88,16 @@ impl Publisher {
             )
         };
         let state = |kind| schema.state_prefix(kind, &cluster.name);
+        let service_stamps = load_service_stamps(
+            client.clone(),
+            &schema,
+            &cluster,
+            [
+                state(Kind::Services),
+                schema.local_prefix(Kind::Services, &cluster.name),
+            ],
+        )
+        .await;
         Ok(Self {
             services: writer(
                 Kind::Services,
@@ -106,6 +120,7 @@ impl Publisher {
             cluster,
             schema,
             synced: false,
+            service_stamps,
         })
     }
 
@@ -117,7 +132,9 @@ impl Publisher {
         let schema = &self.schema;
 
         let mut services = BTreeMap::new();
-        for svc in translate::global_services(view, cluster, &mut counts.problems) {
+        let mut stamps = HashMap::new();
+        let now = unix_millis_now();
+        for mut svc in translate::global_services(view, cluster, &mut counts.problems) {
             let object = ObjectName::Service {
                 namespace: svc.namespace.clone(),
                 name: svc.name.clone(),
@@ -129,8 +146,16 @@ impl Publisher {
                 counts.local_services += 1;
                 schema.local(&cluster.name, &object)
             };
-            services.insert(key, svc.to_json());
+            let content = svc.to_json();
+            let stamp = match self.service_stamps.get(&key) {
+                Some((known, stamp)) if *known == content => *stamp,
+                _ => now,
+            };
+            svc.modified_unix_millis = Some(stamp);
+            services.insert(key.clone(), svc.to_json());
+            stamps.insert(key, (content, stamp));
         }
+        self.service_stamps = stamps;
 
         let pods = translate::pod_endpoints(view);
         self.allocator
@@ -232,4 +257,37 @@ impl Publisher {
     pub fn is_synced(&self) -> bool {
         self.writers().iter().all(|w| w.status().synced)
     }
+}
+
+/// The stamps of the services an earlier run published, by key (see `service_stamps`). A
+/// value that does not decode is left out: it will be rewritten with a new stamp.
+async fn load_service_stamps(
+    mut client: Client,
+    schema: &KeySchema,
+    cluster: &ExpectedCluster,
+    prefixes: [String; 2],
+) -> HashMap<String, (Vec<u8>, u64)> {
+    let mut stamps = HashMap::new();
+    for prefix in prefixes {
+        let kvs = match clustermesh_store::list(&mut client, &prefix).await {
+            Ok((kvs, _)) => kvs,
+            Err(e) => {
+                warn!(%prefix, error = %e, "cannot read the services published before; they are stamped anew");
+                continue;
+            }
+        };
+        for kv in kvs {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Ok((_, StateValue::Service(mut svc))) =
+                decode_state(schema, &key, kv.value(), cluster, &Limits::default())
+            else {
+                continue;
+            };
+            let Some(stamp) = svc.modified_unix_millis.take() else {
+                continue;
+            };
+            stamps.insert(key, (svc.to_json(), stamp));
+        }
+    }
+    stamps
 }

@@ -113,6 +113,8 @@ pub fn global_services(
                 .as_ref()
                 .and_then(|s| s.selector.clone())
                 .unwrap_or_default(),
+            // Stamped by the publisher, which knows whether the content changed.
+            modified_unix_millis: None,
         });
     }
     out

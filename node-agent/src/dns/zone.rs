@@ -588,6 +588,7 @@ mod tests {
             shared: true,
             affinity: Default::default(),
             include_external: false,
+            modified_unix_millis: None,
             headless: vips.is_empty(),
             labels: Default::default(),
             selector: Default::default(),
