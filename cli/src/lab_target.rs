@@ -2,11 +2,12 @@
 //!
 //! The lab already does for its clusters what `enable` does for a Kubernetes cluster: at
 //! `lab up` it creates each cluster's CA and node certificates (`lab/src/mesh.rs`) and starts
-//! etcd, the apiserver and an agent per node as supervised processes. Its etcds speak plain
-//! HTTP on the lab's private networks, so there are no etcd certificates to issue. So for a
-//! lab cluster `enable` makes sure the apiserver and agents run (starting what `disable`
+//! etcd, the apiserver and an agent per node as supervised processes, with etcd's server and
+//! client certificates (mTLS, etcd authentication turned on by the apiserver). So for a lab
+//! cluster `enable` makes sure the apiserver and agents run (starting what `disable`
 //! stopped) and reports their health; `disable` stops them and keeps them stopped; `connect`
-//! and `disconnect` write and remove peer files through the lab library.
+//! and `disconnect` write and remove peer files (with the peer's CA and a read-only client
+//! certificate from it) through the lab library.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -137,7 +138,6 @@ pub fn connect(
         ));
     }
     crate::connect::check_unique(&ids)?;
-    let dir = &lab.state().state_dir;
     let mut changed = 0;
     for (from, to) in pairs {
         let (from, to) = (&clusters[*from], &clusters[*to]);
@@ -152,13 +152,7 @@ pub fn connect(
                 changed += 1;
             }
         } else if !had {
-            let entry = mesh::PeerEntry {
-                name: to.clone(),
-                id: lab.cluster(to)?.id,
-                etcd: lab.etcd_endpoint(to)?,
-                ca: mesh::ClusterPki::new(dir, to).ca(),
-            };
-            mesh::write_peer(dir, from, &entry)?;
+            lab.connect_one_way(from, to)?;
             changed += 1;
         }
         println!("lab:{from} → lab:{to}: {from} mirrors {to}");

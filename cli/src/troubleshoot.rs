@@ -258,7 +258,8 @@ fn lab_heartbeat_age(lab: &Lab, cluster: &str) -> Result<i64, String> {
     let netns = lab
         .node_netns(cluster, &plan.nodes[0].name)
         .map_err(|e| e.to_string())?;
-    let endpoint = lab.etcd_endpoint(cluster).map_err(|e| e.to_string())?;
+    let mut config = lab.etcd_config(cluster).map_err(|e| e.to_string())?;
+    config.connect_timeout = Duration::from_secs(3);
     let expected = ExpectedCluster {
         name: ClusterName::new(cluster).map_err(|e| e.to_string())?,
         id: ClusterId::new(u32::from(plan.id), Default::default()).map_err(|e| e.to_string())?,
@@ -271,11 +272,6 @@ fn lab_heartbeat_age(lab: &Lab, cluster: &str) -> Result<i64, String> {
             .build()
             .map_err(|e| e.to_string())?;
         runtime.block_on(async {
-            let config = clustermesh_store::EtcdConfig {
-                endpoints: vec![endpoint],
-                tls: None,
-                connect_timeout: Duration::from_secs(3),
-            };
             let mut client = clustermesh_store::connect(&config)
                 .await
                 .map_err(|e| e.to_string())?;

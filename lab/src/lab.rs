@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use clustermesh_store::{EtcdConfig, TlsPaths};
 use serde::Serialize;
 
 use crate::cgroup::{self, CgroupError, cgroup2_root};
@@ -30,8 +31,11 @@ use crate::topology::{self, ClusterPlan, Naming, Topology, TopologyError, nth_ho
 
 /// Default parent of state directories: `/run/clustermesh-lab/<lab>`.
 pub const DEFAULT_STATE_ROOT: &str = "/run/clustermesh-lab";
-/// etcd's client port on every cluster's etcd.
+/// etcd's client port on every cluster's etcd (mTLS).
 pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's plain-HTTP `/health` and `/metrics` port, on loopback in the etcd node's namespace
+/// only (it serves no keys).
+pub const ETCD_METRICS_PORT: u16 = 2381;
 /// Where each node's agent forwards DNS names outside its zone (loopback in the node's namespace).
 pub const LAB_DNS_UPSTREAM: &str = "127.0.0.1:5353";
 
@@ -284,7 +288,9 @@ impl Lab {
             }
             manifests.write_namespace("default")?;
             let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
-            mesh::ClusterPki::new(&s.state_dir, &cluster.name).issue(&cluster.name, &nodes)?;
+            let pki = mesh::ClusterPki::new(&s.state_dir, &cluster.name);
+            pki.issue(&cluster.name, &nodes)?;
+            pki.issue_etcd(&cluster.name, etcd_node(cluster).ip.into(), &nodes)?;
             std::fs::create_dir_all(mesh::peers_dir(&s.state_dir, &cluster.name)).map_err(
                 |source| {
                     LabError::Mesh(mesh::MeshError::Io {
@@ -326,24 +332,33 @@ impl Lab {
         Ok(())
     }
 
-    /// Connects clusters `a` and `b` both ways: each gets a peer file for the other (its etcd
-    /// and its CA). Their apiservers start mirroring and their agents trust each other's
-    /// nodes within seconds; nothing restarts. Connecting twice changes nothing.
+    /// Connects clusters `a` and `b` both ways: each gets a peer file for the other (its etcd,
+    /// its CA and a read-only client certificate from its CA). Their apiservers start
+    /// mirroring and their agents trust each other's nodes within seconds; nothing restarts.
+    /// Connecting twice changes nothing.
     pub fn connect(&self, a: &str, b: &str) -> Result<(), LabError> {
         if a == b {
             return Err(LabError::SelfConnect(a.to_owned()));
         }
-        let (ca, cb) = (self.cluster(a)?, self.cluster(b)?);
-        let dir = &self.state.state_dir;
-        for (from, to) in [(ca, cb), (cb, ca)] {
-            let entry = mesh::PeerEntry {
-                name: to.name.clone(),
-                id: to.id,
-                etcd: format!("http://{}:{ETCD_CLIENT_PORT}", etcd_node(to).ip),
-                ca: mesh::ClusterPki::new(dir, &to.name).ca(),
-            };
-            mesh::write_peer(dir, &from.name, &entry)?;
+        self.connect_one_way(a, b)?;
+        self.connect_one_way(b, a)
+    }
+
+    /// Writes `from`'s peer file for `to`: `from`'s apiserver mirrors `to` (over mTLS, as
+    /// `to`'s read-only `remote` user). Writing it twice changes nothing.
+    pub fn connect_one_way(&self, from: &str, to: &str) -> Result<(), LabError> {
+        if from == to {
+            return Err(LabError::SelfConnect(from.to_owned()));
         }
+        let (from, to) = (self.cluster(from)?, self.cluster(to)?);
+        let dir = &self.state.state_dir;
+        let entry = mesh::PeerEntry {
+            name: to.name.clone(),
+            id: to.id,
+            etcd: etcd_url(to),
+            ca: mesh::ClusterPki::new(dir, &to.name).ca(),
+        };
+        mesh::write_peer(dir, &from.name, &entry)?;
         Ok(())
     }
 
@@ -479,11 +494,34 @@ impl Lab {
         Ok(self.state.manifests_dir(cluster))
     }
 
-    /// `http://<ip>:2379`, the client endpoint of the cluster's etcd (reachable from every
-    /// node of every cluster, not from the host).
+    /// `https://<ip>:2379`, the client endpoint of the cluster's etcd (reachable from every
+    /// node of every cluster, not from the host). It requires a client certificate from the
+    /// cluster's CA: use [`Lab::etcd_config`].
     pub fn etcd_endpoint(&self, cluster: &str) -> Result<String, LabError> {
         let c = self.cluster(cluster)?;
-        Ok(format!("http://{}:{ETCD_CLIENT_PORT}", etcd_node(c).ip))
+        Ok(etcd_url(c))
+    }
+
+    /// How the lab's tools reach the cluster's etcd: its endpoint, the cluster CA and the
+    /// client certificate of [`mesh::LAB_ADMIN_USER`] (etcd's root user). Connect from a
+    /// namespace that reaches the endpoint (any lab node).
+    pub fn etcd_config(&self, cluster: &str) -> Result<EtcdConfig, LabError> {
+        self.etcd_config_as(cluster, mesh::LAB_ADMIN_USER)
+    }
+
+    /// Like [`Lab::etcd_config`], with the client certificate of another of the cluster's etcd
+    /// users ([`mesh::APISERVER_USER`], `agent-<node>`).
+    pub fn etcd_config_as(&self, cluster: &str, user: &str) -> Result<EtcdConfig, LabError> {
+        let c = self.cluster(cluster)?;
+        let pki = mesh::ClusterPki::new(&self.state.state_dir, &c.name);
+        Ok(EtcdConfig::mtls(
+            etcd_url(c),
+            TlsPaths {
+                ca: pki.ca(),
+                cert: pki.etcd_client_cert(user),
+                key: pki.etcd_client_key(user),
+            },
+        ))
     }
 
     /// A pod by cluster and `<namespace>/<name>` (or just `<name>` in `default`).
@@ -516,6 +554,7 @@ impl Lab {
         &self,
         cluster: &ClusterPlan,
         node: &topology::NodePlan,
+        etcd_user: &str,
     ) -> BTreeMap<String, String> {
         let s = &self.state;
         let mut env = BTreeMap::new();
@@ -529,9 +568,16 @@ impl Lab {
         );
         put("CLUSTERMESH_CLUSTER_NAME", cluster.name.clone());
         put("CLUSTERMESH_CLUSTER_ID", cluster.id.to_string());
+        let pki = mesh::ClusterPki::new(&s.state_dir, &cluster.name);
+        put("CLUSTERMESH_ETCD_ENDPOINTS", etcd_url(cluster));
+        put("CLUSTERMESH_ETCD_CA", pki.ca().display().to_string());
         put(
-            "CLUSTERMESH_ETCD_ENDPOINTS",
-            format!("http://{}:{ETCD_CLIENT_PORT}", etcd_node(cluster).ip),
+            "CLUSTERMESH_ETCD_CERT",
+            pki.etcd_client_cert(etcd_user).display().to_string(),
+        );
+        put(
+            "CLUSTERMESH_ETCD_KEY",
+            pki.etcd_client_key(etcd_user).display().to_string(),
         );
         put(
             "CLUSTERMESH_MANIFESTS_DIR",
@@ -552,7 +598,6 @@ impl Lab {
                 .display()
                 .to_string(),
         );
-        let pki = mesh::ClusterPki::new(&s.state_dir, &cluster.name);
         put("CLUSTERMESH_TRUST_DOMAIN", mesh::TRUST_DOMAIN.to_owned());
         put(
             "CLUSTERMESH_TUNNEL_CERT",
@@ -595,7 +640,9 @@ impl Lab {
             .join("clusters")
             .join(&cluster.name)
             .join("etcd");
+        // The only member talks to itself on loopback: no peer traffic leaves the node.
         let peer = "http://127.0.0.1:2380".to_owned();
+        let pki = mesh::ClusterPki::new(&s.state_dir, &cluster.name);
         ProcessSpec {
             id: format!("{}.etcd", cluster.name),
             component: Component::Etcd,
@@ -612,11 +659,22 @@ impl Lab {
                 data.display().to_string(),
                 "--listen-client-urls".into(),
                 format!(
-                    "http://{}:{ETCD_CLIENT_PORT},http://127.0.0.1:{ETCD_CLIENT_PORT}",
+                    "https://{}:{ETCD_CLIENT_PORT},https://127.0.0.1:{ETCD_CLIENT_PORT}",
                     node.ip
                 ),
                 "--advertise-client-urls".into(),
-                format!("http://{}:{ETCD_CLIENT_PORT}", node.ip),
+                etcd_url(cluster),
+                // Clients need a certificate from the cluster CA; its CN is their etcd user.
+                "--cert-file".into(),
+                pki.etcd_server_cert().display().to_string(),
+                "--key-file".into(),
+                pki.etcd_server_key().display().to_string(),
+                "--trusted-ca-file".into(),
+                pki.ca().display().to_string(),
+                "--client-cert-auth".into(),
+                // `/health` for the lab's readiness checks, on loopback only.
+                "--listen-metrics-urls".into(),
+                format!("http://127.0.0.1:{ETCD_METRICS_PORT}"),
                 "--listen-peer-urls".into(),
                 peer.clone(),
                 "--initial-advertise-peer-urls".into(),
@@ -650,12 +708,11 @@ impl Lab {
             program,
             args: Vec::new(),
             env: {
-                let mut env = self.base_env(c, node);
+                // As in production: mTLS with CN `clustermesh-apiserver` (etcd's root role),
+                // and the apiserver turns etcd authentication on (CLUSTERMESH_ETCD_AUTH's
+                // default), so agents and peers get only their users' permissions.
+                let mut env = self.base_env(c, node, mesh::APISERVER_USER);
                 env.insert("CLUSTERMESH_SOURCE".into(), "manifests".into());
-                // The lab's etcds speak plain HTTP on the lab's private networks, so there are
-                // no client certificates to map to etcd users; `clustermesh enable` sets up
-                // mTLS and etcd auth for real clusters.
-                env.insert("CLUSTERMESH_ETCD_AUTH".into(), "false".into());
                 env
             },
         })
@@ -682,16 +739,17 @@ impl Lab {
             cgroup: self.state.node_cgroup(cluster, node).join("agent"),
             program,
             args: Vec::new(),
-            env: self.base_env(c, n),
+            env: self.base_env(c, n, &mesh::agent_user(node)),
         })
     }
 
-    /// Whether the cluster's etcd answers `GET /health` with `"health":"true"`.
+    /// Whether the cluster's etcd answers `GET /health` with `"health":"true"` (on its
+    /// loopback metrics port, in its node's namespace).
     pub fn etcd_healthy(&self, cluster: &str) -> Result<bool, LabError> {
         let c = self.cluster(cluster)?;
         let node = etcd_node(c);
         let ns = NetNs::open(&self.naming.node_netns(cluster, &node.name))?;
-        let addr = SocketAddr::from((node.ip, ETCD_CLIENT_PORT));
+        let addr = SocketAddr::from(([127, 0, 0, 1], ETCD_METRICS_PORT));
         Ok(ns.run(move || http_health(addr))?)
     }
 
@@ -1177,7 +1235,7 @@ impl Lab {
                 node_cidr: c.node_cidr.to_string(),
                 pod_cidr: c.pod_cidr.to_string(),
                 service_cidr: c.service_cidr.to_string(),
-                etcd_endpoint: format!("http://{}:{ETCD_CLIENT_PORT}", etcd_node(c).ip),
+                etcd_endpoint: etcd_url(c),
                 etcd_healthy: self.etcd_healthy(&c.name).unwrap_or(false),
                 manifests_dir: s.manifests_dir(&c.name),
                 nodes: c
@@ -1224,6 +1282,11 @@ impl Lab {
 /// The node that runs the cluster's etcd and apiserver: the first one.
 fn etcd_node(cluster: &ClusterPlan) -> &topology::NodePlan {
     &cluster.nodes[0]
+}
+
+/// `https://<etcd node ip>:2379`.
+fn etcd_url(cluster: &ClusterPlan) -> String {
+    format!("https://{}:{ETCD_CLIENT_PORT}", etcd_node(cluster).ip)
 }
 
 fn pod_ordinal(name: &str) -> (u64, String) {

@@ -20,7 +20,9 @@
 //! - per pod a namespace `cml-<lab>-<cluster>-pod-<ns>-<name>` behind a veth pair into its
 //!   node, with a /32 from the node's pod CIDR;
 //! - a detached supervisor daemon ([`supervisor`]) that keeps one etcd per cluster running on
-//!   the cluster's first node (`http://<node ip>:2379`), restarts what dies and logs to the
+//!   the cluster's first node (`https://<node ip>:2379`, mTLS: clients need a certificate from
+//!   the cluster's CA, see [`mesh`] and [`Lab::etcd_config`]; `/health` in plain HTTP on
+//!   `127.0.0.1:2381` in that node's namespace only), restarts what dies and logs to the
 //!   state directory (default `/run/clustermesh-lab/<lab>`, see [`state`]);
 //! - a manifest directory per cluster (`<state>/clusters/<cluster>/manifests`) with Node,
 //!   Namespace, Pod, Service and EndpointSlice YAML ([`manifests`]).
@@ -39,7 +41,8 @@
 //! |---|---|
 //! | `CLUSTERMESH_LAB`, `CLUSTERMESH_LAB_STATE_DIR` | lab name, state directory |
 //! | `CLUSTERMESH_CLUSTER_NAME`, `CLUSTERMESH_CLUSTER_ID` | the cluster |
-//! | `CLUSTERMESH_ETCD_ENDPOINTS` | `http://<ip>:2379` of the cluster's etcd |
+//! | `CLUSTERMESH_ETCD_ENDPOINTS` | `https://<ip>:2379` of the cluster's etcd |
+//! | `CLUSTERMESH_ETCD_CA`, `_CERT`, `_KEY` | the cluster CA and the process's etcd client certificate ([`mesh`]): CN `clustermesh-apiserver` for the apiserver, `agent-<node>` for an agent; the apiserver turns etcd authentication on, as in production |
 //! | `CLUSTERMESH_MANIFESTS_DIR` | the cluster's manifest directory |
 //! | `CLUSTERMESH_NODE_NAME`, `CLUSTERMESH_NODE_IP`, `CLUSTERMESH_NODE_POD_CIDR` | the node |
 //! | `CLUSTERMESH_NODE_CGROUP` | the node's cgroup (attach cgroup eBPF programs here) |
@@ -60,4 +63,5 @@ pub mod state;
 pub mod supervisor;
 pub mod topology;
 
+pub use clustermesh_store::{EtcdConfig, TlsPaths};
 pub use lab::{DeploySpec, Lab, LabConfig, LabError, LabGuard, down};

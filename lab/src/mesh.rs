@@ -1,18 +1,26 @@
 //! The lab's mesh wiring: a CA per cluster that issues every node's tunnel certificate (with
-//! the SPIFFE URI SAN the tunnel checks), and the peers directory of each cluster, where a
-//! file per connected remote cluster tells the apiserver which etcd to mirror and the agents
-//! which CA that cluster's nodes are trusted with.
+//! the SPIFFE URI SAN the tunnel checks), the cluster etcd's server certificate and the etcd
+//! client certificates, and the peers directory of each cluster, where a file per connected
+//! remote cluster tells the apiserver which etcd to mirror (with the peer's CA and a read-only
+//! client certificate the peer's CA issued) and the agents which CA that cluster's nodes are
+//! trusted with.
 //!
 //! `lab up` meshes clusters with it, and `clustermesh connect --context lab:<c>` writes the same
-//! peer files. The lab's etcds speak plain HTTP on the lab's private networks; the node-to-node tunnel is mTLS with
-//! per-cluster CAs, as in production.
+//! peer files. As in production, every etcd client authenticates with a certificate whose CN
+//! is its etcd user (`clustermesh-apiserver/src/security.rs`): the apiserver
+//! [`APISERVER_USER`], each agent `agent-<node>`, peers [`REMOTE_USER`], and the lab's own
+//! tools (status, troubleshoot, tests) [`LAB_ADMIN_USER`], etcd's break-glass root user.
 //!
 //! ```text
-//! <state>/clusters/<cluster>/pki/ca.pem, ca-key.pem           the cluster CA
-//! <state>/clusters/<cluster>/pki/node-<node>.pem, -key.pem    a node's tunnel certificate
-//! <state>/clusters/<cluster>/peers/<peer>.yaml                one file per connected peer
+//! <state>/clusters/<cluster>/pki/ca.pem, ca-key.pem                 the cluster CA
+//! <state>/clusters/<cluster>/pki/node-<node>.pem, -key.pem          a node's tunnel certificate
+//! <state>/clusters/<cluster>/pki/etcd-server.pem, -key.pem          etcd's server certificate
+//! <state>/clusters/<cluster>/pki/etcd-client-<user>.pem, -key.pem   an etcd client certificate
+//! <state>/clusters/<cluster>/peers/<peer>.yaml                      one file per connected peer
+//! <state>/clusters/<cluster>/peers/<peer>-client.pem, -key.pem      `remote`, from the peer's CA
 //! ```
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -22,6 +30,19 @@ use rcgen::{
 
 /// The SPIFFE trust domain of lab meshes (the agent's default).
 pub const TRUST_DOMAIN: &str = "clustermesh.local";
+
+/// The apiserver's etcd user (`security::APISERVER_USER`): etcd's root role.
+pub const APISERVER_USER: &str = "clustermesh-apiserver";
+/// The read-only user peers mirror a cluster with (`security::REMOTE_USER`).
+pub const REMOTE_USER: &str = "remote";
+/// The user of the lab's own tools (status, troubleshoot, tests): etcd's root user, which the
+/// apiserver creates with the root role (the break-glass user of `security.rs`).
+pub const LAB_ADMIN_USER: &str = "root";
+
+/// The etcd user of a node's agent (`security::agent_user`).
+pub fn agent_user(node: &str) -> String {
+    format!("agent-{node}")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -82,6 +103,78 @@ impl ClusterPki {
         self.dir.join(format!("node-{node}-key.pem"))
     }
 
+    /// The etcd server certificate.
+    pub fn etcd_server_cert(&self) -> PathBuf {
+        self.dir.join("etcd-server.pem")
+    }
+
+    pub fn etcd_server_key(&self) -> PathBuf {
+        self.dir.join("etcd-server-key.pem")
+    }
+
+    /// The etcd client certificate of `user` (its CN).
+    pub fn etcd_client_cert(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("etcd-client-{user}.pem"))
+    }
+
+    pub fn etcd_client_key(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("etcd-client-{user}-key.pem"))
+    }
+
+    /// Issues the etcd server certificate (SANs: `etcd_ip` and 127.0.0.1) and a client
+    /// certificate for the apiserver, the lab's tools and every node's agent. Needs the CA
+    /// ([`ClusterPki::issue`] first).
+    pub fn issue_etcd(
+        &self,
+        cluster: &str,
+        etcd_ip: IpAddr,
+        nodes: &[String],
+    ) -> Result<(), MeshError> {
+        let issuer = self.load_or_create_ca(cluster)?;
+        let what = format!("the etcd server of cluster {cluster}");
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error(&what))?;
+        params.distinguished_name.push(DnType::CommonName, "etcd");
+        params.subject_alt_names = vec![
+            SanType::IpAddress(etcd_ip),
+            SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().map_err(cert_error(&what))?;
+        let cert = params.signed_by(&key, &issuer).map_err(cert_error(&what))?;
+        write_private(&self.etcd_server_key(), &key.serialize_pem())?;
+        let path = self.etcd_server_cert();
+        std::fs::write(&path, cert.pem()).map_err(io("write", &path))?;
+
+        let users = [APISERVER_USER.to_owned(), LAB_ADMIN_USER.to_owned()]
+            .into_iter()
+            .chain(nodes.iter().map(|n| agent_user(n)));
+        for user in users {
+            issue_client(
+                &issuer,
+                &user,
+                &self.etcd_client_cert(&user),
+                &self.etcd_client_key(&user),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Issues a client certificate with CN `user` into `cert`/`key`, unless both exist (so
+    /// connecting twice changes nothing).
+    pub fn issue_client_once(
+        &self,
+        cluster: &str,
+        user: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(), MeshError> {
+        if cert.exists() && key.exists() {
+            return Ok(());
+        }
+        let issuer = self.load_or_create_ca(cluster)?;
+        issue_client(&issuer, user, cert, key)
+    }
+
     /// Creates the cluster CA (kept if it exists) and a tunnel certificate for every node.
     pub fn issue(&self, cluster: &str, nodes: &[String]) -> Result<(), MeshError> {
         std::fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
@@ -130,6 +223,22 @@ impl ClusterPki {
     }
 }
 
+fn issue_client(
+    issuer: &Issuer<'static, KeyPair>,
+    user: &str,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), MeshError> {
+    let what = format!("the etcd client {user}");
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error(&what))?;
+    params.distinguished_name.push(DnType::CommonName, user);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().map_err(cert_error(&what))?;
+    let cert = params.signed_by(&key, issuer).map_err(cert_error(&what))?;
+    write_private(key_path, &key.serialize_pem())?;
+    std::fs::write(cert_path, cert.pem()).map_err(io("write", cert_path))
+}
+
 /// Writes a key readable by its owner only.
 fn write_private(path: &Path, pem: &str) -> Result<(), MeshError> {
     use std::io::Write;
@@ -154,23 +263,40 @@ pub fn peers_dir(state_dir: &Path, cluster: &str) -> PathBuf {
 pub struct PeerEntry {
     pub name: String,
     pub id: u16,
-    /// The peer's etcd client URL.
+    /// The peer's etcd client URL (`https://`).
     pub etcd: String,
-    /// The peer's cluster CA (its nodes' tunnel certificates chain to it).
+    /// The peer's cluster CA: it signs the peer's etcd server certificate and its nodes'
+    /// tunnel certificates.
     pub ca: PathBuf,
 }
 
-/// Writes `<peers dir of cluster>/<peer>.yaml`, atomically (the apiserver and agents watch the
-/// directory and must never read half a file).
+/// The read-only client certificate `cluster` reads `peer`'s etcd with (issued by the peer's
+/// CA), in `cluster`'s peers directory.
+pub fn peer_client_cert(state_dir: &Path, cluster: &str, peer: &str) -> PathBuf {
+    peers_dir(state_dir, cluster).join(format!("{peer}-client.pem"))
+}
+
+pub fn peer_client_key(state_dir: &Path, cluster: &str, peer: &str) -> PathBuf {
+    peers_dir(state_dir, cluster).join(format!("{peer}-client-key.pem"))
+}
+
+/// Writes `<peers dir of cluster>/<peer>.yaml` with the peer's etcd, its CA and a `remote`
+/// client certificate from the peer's CA (issued unless it exists; the file is written last and
+/// atomically: the apiserver and agents watch the directory and must never read half a file).
 pub fn write_peer(state_dir: &Path, cluster: &str, peer: &PeerEntry) -> Result<(), MeshError> {
     let dir = peers_dir(state_dir, cluster);
     std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let cert = peer_client_cert(state_dir, cluster, &peer.name);
+    let key = peer_client_key(state_dir, cluster, &peer.name);
+    ClusterPki::new(state_dir, &peer.name).issue_client_once(&peer.name, REMOTE_USER, &cert, &key)?;
     let text = format!(
-        "# written by `clustermesh lab`: {cluster} is connected to {name}\nname: {name}\nid: {id}\nendpoints: [\"{etcd}\"]\ntunnel_ca: {ca}\n",
+        "# written by `clustermesh lab`: {cluster} is connected to {name}\nname: {name}\nid: {id}\nendpoints: [\"{etcd}\"]\nca: {ca}\ncert: {cert}\nkey: {key}\n",
         name = peer.name,
         id = peer.id,
         etcd = peer.etcd,
         ca = peer.ca.display(),
+        cert = cert.display(),
+        key = key.display(),
     );
     let path = dir.join(format!("{}.yaml", peer.name));
     let tmp = dir.join(format!(".{}.yaml.tmp", peer.name));
@@ -178,14 +304,26 @@ pub fn write_peer(state_dir: &Path, cluster: &str, peer: &PeerEntry) -> Result<(
     std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))
 }
 
-/// Removes `<peers dir of cluster>/<peer>.yaml`; returns whether it existed.
+/// Removes `<peers dir of cluster>/<peer>.yaml` and its client certificate; returns whether the
+/// peer file existed.
 pub fn remove_peer(state_dir: &Path, cluster: &str, peer: &str) -> Result<bool, MeshError> {
     let path = peers_dir(state_dir, cluster).join(format!("{peer}.yaml"));
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io("remove", &path)(e)),
+    let existed = match std::fs::remove_file(&path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io("remove", &path)(e)),
+    };
+    for file in [
+        peer_client_cert(state_dir, cluster, peer),
+        peer_client_key(state_dir, cluster, peer),
+    ] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &file)(e)),
+        }
     }
+    Ok(existed)
 }
 
 /// The peers `cluster` is connected to (file stems in its peers directory).
@@ -232,6 +370,31 @@ mod tests {
         let mode = std::fs::metadata(pki.node_key("east-3")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+
+        // etcd: a server certificate for its node IP and loopback, a client per user.
+        pki.issue_etcd("east", [172, 20, 1, 10].into(), &["east-1".into()])
+            .unwrap();
+        assert_eq!(std::fs::read(pki.ca()).unwrap(), ca);
+        let server = std::fs::read_to_string(pki.etcd_server_cert()).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(server.as_bytes()).unwrap();
+        let parsed = pem.parse_x509().unwrap();
+        let san = format!(
+            "{:?}",
+            parsed.subject_alternative_name().unwrap().unwrap().value
+        );
+        assert!(
+            san.contains("[172, 20, 1, 10]") && san.contains("[127, 0, 0, 1]"),
+            "{san}"
+        );
+        for user in ["clustermesh-apiserver", "root", "agent-east-1"] {
+            let cert = std::fs::read_to_string(pki.etcd_client_cert(user)).unwrap();
+            let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+            assert_eq!(
+                pem.parse_x509().unwrap().subject().to_string(),
+                format!("CN={user}")
+            );
+            assert!(pki.etcd_client_key(user).exists());
+        }
     }
 
     #[test]
@@ -240,18 +403,37 @@ mod tests {
         let entry = PeerEntry {
             name: "west".into(),
             id: 2,
-            etcd: "http://172.20.2.10:2379".into(),
+            etcd: "https://172.20.2.10:2379".into(),
             ca: "/x/ca.pem".into(),
         };
         write_peer(dir.path(), "east", &entry).unwrap();
         assert_eq!(connected_peers(dir.path(), "east"), ["west"]);
         let text =
             std::fs::read_to_string(peers_dir(dir.path(), "east").join("west.yaml")).unwrap();
+        let cert_path = peer_client_cert(dir.path(), "east", "west");
         assert!(
-            text.contains("id: 2") && text.contains("tunnel_ca: /x/ca.pem"),
+            text.contains("id: 2")
+                && text.contains("ca: /x/ca.pem")
+                && text.contains(&format!("cert: {}", cert_path.display())),
             "{text}"
         );
+        // The client certificate is west's read-only user, issued by west's CA.
+        let cert = std::fs::read_to_string(&cert_path).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+        let parsed = pem.parse_x509().unwrap();
+        assert_eq!(
+            parsed.subject().to_string(),
+            format!("CN={REMOTE_USER}"),
+            "{cert}"
+        );
+        let ca = std::fs::read_to_string(ClusterPki::new(dir.path(), "west").ca()).unwrap();
+        let (_, ca) = x509_parser::pem::parse_x509_pem(ca.as_bytes()).unwrap();
+        assert_eq!(parsed.issuer(), ca.parse_x509().unwrap().subject());
+        // Connecting again keeps the certificate (nothing changes, nothing reconnects).
+        write_peer(dir.path(), "east", &entry).unwrap();
+        assert_eq!(std::fs::read_to_string(&cert_path).unwrap(), cert);
         assert!(remove_peer(dir.path(), "east", "west").unwrap());
+        assert!(!cert_path.exists());
         assert!(!remove_peer(dir.path(), "east", "west").unwrap());
         assert!(connected_peers(dir.path(), "east").is_empty());
     }

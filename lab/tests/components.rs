@@ -109,6 +109,16 @@ fn apiserver_and_agents_run_on_their_nodes_with_the_lab_environment() {
             let env = seen("agent", &c.name, &n.name);
             assert!(env.contains(&format!("netns={}", n.netns)), "{env}");
             assert!(env.contains(&format!("CLUSTERMESH_ETCD_ENDPOINTS={}", c.etcd_endpoint)));
+            // The agent's etcd client certificate is its own: CN agent-<node>, its etcd user.
+            let pki = clustermesh_lab::mesh::ClusterPki::new(t.state_dir(), &c.name);
+            assert!(
+                env.contains(&format!(
+                    "CLUSTERMESH_ETCD_CERT={}",
+                    pki.etcd_client_cert(&format!("agent-{}", n.name)).display()
+                )),
+                "{env}"
+            );
+            assert!(env.contains(&format!("CLUSTERMESH_ETCD_CA={}", pki.ca().display())));
             assert!(env.contains(&format!("CLUSTERMESH_NODE_IP={}", n.ip)));
             assert!(env.contains(&format!(
                 "CLUSTERMESH_MANIFESTS_DIR={}",

@@ -67,22 +67,63 @@ fn two_clusters_come_up_with_overlapping_pod_cidrs_and_healthy_etcd() {
         .unwrap();
     assert!(lo.contains("10.244.1.1/32"), "{lo}");
 
-    // Each cluster's etcd answers, through etcdctl from a node of the cluster.
+    // Each cluster's etcd answers, through etcdctl from a node of the cluster, over mTLS with
+    // a client certificate from the cluster's CA.
     for c in &status.clusters {
         assert!(c.etcd_healthy, "etcd of {} is not healthy", c.name);
-        let out = t
-            .lab
-            .node_command(&c.name, &c.nodes[1].name, "etcdctl")
-            .unwrap()
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &c.etcd_endpoint, "--dial-timeout=2s"])
-            .args(["put", "lab-test", &c.name])
-            .output()
-            .unwrap();
+        assert!(c.etcd_endpoint.starts_with("https://"), "{}", c.etcd_endpoint);
+        let config = t.lab.etcd_config(&c.name).unwrap();
+        assert_eq!(config.endpoints, [c.etcd_endpoint.clone()]);
+        let tls = config.tls.unwrap();
+        let etcdctl = |args: &[String]| {
+            t.lab
+                .node_command(&c.name, &c.nodes[1].name, "etcdctl")
+                .unwrap()
+                .env("ETCDCTL_API", "3")
+                .args(["--dial-timeout=2s", "--command-timeout=4s"])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let put = |endpoint: &str| -> Vec<String> {
+            vec![
+                "--endpoints".into(),
+                endpoint.into(),
+                "put".into(),
+                "lab-test".into(),
+                c.name.clone(),
+            ]
+        };
+        let cacert = format!("--cacert={}", tls.ca.display());
+        let mut with_cert = vec![
+            cacert.clone(),
+            format!("--cert={}", tls.cert.display()),
+            format!("--key={}", tls.key.display()),
+        ];
+        with_cert.extend(put(&c.etcd_endpoint));
+        let out = etcdctl(&with_cert);
         assert!(
             out.status.success(),
             "etcdctl put: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+
+        // A client without a certificate is refused: over TLS (trusting the CA)...
+        let mut no_cert = vec![cacert];
+        no_cert.extend(put(&c.etcd_endpoint));
+        let out = etcdctl(&no_cert);
+        assert!(
+            !out.status.success(),
+            "etcd of {} accepted a TLS client without a certificate",
+            c.name
+        );
+        // ...and in plain HTTP.
+        let plain = c.etcd_endpoint.replace("https://", "http://");
+        let out = etcdctl(&put(&plain));
+        assert!(
+            !out.status.success(),
+            "etcd of {} accepted a plain HTTP client",
+            c.name
         );
     }
 
@@ -201,7 +242,7 @@ fn pod_ips_are_not_routed_across_clusters_but_node_ips_are() {
         .lab
         .etcd_endpoint("west")
         .unwrap()
-        .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .parse()
         .unwrap();
     let east_node = t.lab.node_netns("east", "east-2").unwrap();
