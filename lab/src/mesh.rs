@@ -208,6 +208,7 @@ impl ClusterPki {
             let key = KeyPair::from_pem(&key).map_err(cert_error(&what))?;
             return Issuer::from_ca_cert_pem(&cert, key).map_err(cert_error(&what));
         }
+        std::fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error(&what))?;
         params.distinguished_name.push(
             DnType::CommonName,
