@@ -400,12 +400,33 @@ fn lab_findings(lab: &Lab, clusters: &[String]) -> Result<Vec<Finding>> {
     let dir = &lab.state().state_dir;
     for cluster in clusters {
         let renew = "the lab issues its certificates at `lab up`: run `clustermesh lab down` and `lab up` again";
-        let pki = clustermesh_lab::mesh::ClusterPki::new(dir, cluster);
-        let mut files = vec![("cluster CA".to_string(), pki.ca())];
+        use clustermesh_lab::mesh;
+        let pki = mesh::ClusterPki::new(dir, cluster);
+        let mut files = vec![
+            ("cluster CA".to_string(), pki.ca()),
+            (
+                "etcd server certificate".to_string(),
+                pki.etcd_server_cert(),
+            ),
+            (
+                "etcd client certificate of the apiserver".to_string(),
+                pki.etcd_client_cert(mesh::APISERVER_USER),
+            ),
+        ];
         for node in &lab.cluster(cluster)?.nodes {
             files.push((
                 format!("tunnel certificate of node {}", node.name),
                 pki.node_cert(&node.name),
+            ));
+            files.push((
+                format!("etcd client certificate of the agent on {}", node.name),
+                pki.etcd_client_cert(&mesh::agent_user(&node.name)),
+            ));
+        }
+        for peer in lab.peers_of(cluster)? {
+            files.push((
+                format!("etcd client certificate for reading {peer}"),
+                mesh::peer_client_cert(dir, cluster, &peer),
             ));
         }
         for (what, path) in files {

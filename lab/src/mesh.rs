@@ -289,7 +289,12 @@ pub fn write_peer(state_dir: &Path, cluster: &str, peer: &PeerEntry) -> Result<(
     std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     let cert = peer_client_cert(state_dir, cluster, &peer.name);
     let key = peer_client_key(state_dir, cluster, &peer.name);
-    ClusterPki::new(state_dir, &peer.name).issue_client_once(&peer.name, REMOTE_USER, &cert, &key)?;
+    ClusterPki::new(state_dir, &peer.name).issue_client_once(
+        &peer.name,
+        REMOTE_USER,
+        &cert,
+        &key,
+    )?;
     let text = format!(
         "# written by `clustermesh lab`: {cluster} is connected to {name}\nname: {name}\nid: {id}\nendpoints: [\"{etcd}\"]\nca: {ca}\ncert: {cert}\nkey: {key}\n",
         name = peer.name,

@@ -71,9 +71,13 @@ fn two_clusters_come_up_with_overlapping_pod_cidrs_and_healthy_etcd() {
     // a client certificate from the cluster's CA.
     for c in &status.clusters {
         assert!(c.etcd_healthy, "etcd of {} is not healthy", c.name);
-        assert!(c.etcd_endpoint.starts_with("https://"), "{}", c.etcd_endpoint);
+        assert!(
+            c.etcd_endpoint.starts_with("https://"),
+            "{}",
+            c.etcd_endpoint
+        );
         let config = t.lab.etcd_config(&c.name).unwrap();
-        assert_eq!(config.endpoints, [c.etcd_endpoint.clone()]);
+        assert_eq!(config.endpoints, std::slice::from_ref(&c.etcd_endpoint));
         let tls = config.tls.unwrap();
         let etcdctl = |args: &[String]| {
             t.lab
