@@ -665,6 +665,7 @@ impl Lab {
                 "--advertise-client-urls".into(),
                 etcd_url(cluster),
                 // Clients need a certificate from the cluster CA; its CN is their etcd user.
+                // (etcd already requires one once --trusted-ca-file is set; the flag says it.)
                 "--cert-file".into(),
                 pki.etcd_server_cert().display().to_string(),
                 "--key-file".into(),
