@@ -1,5 +1,6 @@
-//! `clustermesh-agent`: watches the local etcd, merges global services across clusters and
-//! programs the eBPF socket load balancer. The tunnel is not wired in yet.
+//! `clustermesh-agent`: watches the local etcd, merges global services across clusters,
+//! programs the eBPF socket load balancer and runs the tunnel to peers' nodes. With
+//! `--bootstrap-endpoint` it first obtains its node certificate from the apiserver.
 
 use std::process::ExitCode;
 
