@@ -56,9 +56,13 @@ pub struct TunnelConfig {
     pub stream_window: u32,
     #[serde(default = "defaults::connection_window")]
     pub connection_window: u32,
+    /// TLS connections to each peer node; new streams take them in turn. One connection is
+    /// encrypted by one task at a time, so more than one lets a node's streams use more cores.
+    #[serde(default = "defaults::connections_per_peer")]
+    pub connections_per_peer: u32,
 }
 
-mod defaults {
+pub mod defaults {
     pub fn cert_reload_interval_ms() -> u64 {
         5_000
     }
@@ -89,6 +93,9 @@ mod defaults {
     pub fn connection_window() -> u32 {
         16 << 20
     }
+    pub fn connections_per_peer() -> u32 {
+        2
+    }
 }
 
 impl TunnelConfig {
@@ -114,6 +121,7 @@ impl TunnelConfig {
             max_concurrent_streams: defaults::max_concurrent_streams(),
             stream_window: defaults::stream_window(),
             connection_window: defaults::connection_window(),
+            connections_per_peer: defaults::connections_per_peer(),
         }
     }
 
@@ -169,6 +177,12 @@ impl TunnelConfig {
                 });
             }
         }
+        if !(1..=16).contains(&self.connections_per_peer) {
+            return Err(ConfigError::Invalid {
+                name: "connections_per_peer",
+                reason: "must be between 1 and 16".to_owned(),
+            });
+        }
         if self.max_concurrent_streams == 0 {
             return Err(ConfigError::Invalid {
                 name: "max_concurrent_streams",
@@ -180,5 +194,40 @@ impl TunnelConfig {
 
     pub(crate) fn ms(value: u64) -> Duration {
         Duration::from_millis(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TunnelConfig {
+        TunnelConfig::new(
+            "clustermesh.local",
+            "east",
+            "node-1",
+            CredentialPaths {
+                cert: "tls.crt".into(),
+                key: "tls.key".into(),
+                ca: "ca.crt".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_a_bad_setting_is_named() {
+        assert!(config().validate().is_ok());
+        for (lanes, ok) in [(0, false), (1, true), (16, true), (17, false)] {
+            let mut c = config();
+            c.connections_per_peer = lanes;
+            match c.validate() {
+                Ok(()) => assert!(ok, "{lanes} accepted"),
+                Err(ConfigError::Invalid { name, .. }) => {
+                    assert!(!ok, "{lanes} refused");
+                    assert_eq!(name, "connections_per_peer");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 }

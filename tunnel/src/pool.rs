@@ -1,9 +1,10 @@
-//! One pooled TLS 1.3 + HTTP/2 connection per peer node, dialed on first use, re-dialed with
-//! backoff when it dies, and checked to be the node the routing table named.
+//! Pooled TLS 1.3 + HTTP/2 connections to each peer node (`connections_per_peer`, taken in
+//! turn by new streams), dialed on first use, re-dialed with backoff when they die, and checked
+//! to be the node the routing table named.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,6 +82,8 @@ struct PeerKey {
     tunnel: SocketAddr,
     cluster: String,
     node: String,
+    /// Which of the node's connections.
+    lane: u32,
 }
 
 struct PeerConn {
@@ -100,6 +103,8 @@ pub(crate) struct Pool {
     tls: watch::Receiver<Arc<TlsConfigs>>,
     metrics: Arc<Metrics>,
     peers: Mutex<HashMap<PeerKey, Arc<tokio::sync::Mutex<PeerState>>>>,
+    /// Counts streams opened, to spread them over a node's connections.
+    next_lane: AtomicU32,
 }
 
 impl Pool {
@@ -113,6 +118,7 @@ impl Pool {
             tls,
             metrics,
             peers: Mutex::new(HashMap::new()),
+            next_lane: AtomicU32::new(0),
         }
     }
 
@@ -123,10 +129,13 @@ impl Pool {
         target: &RemoteTarget,
         request: &ConnectRequest,
     ) -> Result<(SendStream<Bytes>, ResponseFuture), PoolError> {
+        let lane = self.next_lane.fetch_add(1, Ordering::Relaxed)
+            % self.config.connections_per_peer.max(1);
         let key = PeerKey {
             tunnel: target.tunnel,
             cluster: target.cluster.clone(),
             node: target.node.clone(),
+            lane,
         };
         let slot = self
             .peers

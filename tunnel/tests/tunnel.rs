@@ -331,7 +331,8 @@ async fn ten_thousand_small_streams() {
         "10k streams took {elapsed:?}"
     );
     assert_eq!(mesh.b.metrics.streams_opened(Side::Inbound), STREAMS as u64);
-    // All over one pooled connection.
+    // All over the node's pooled connections, dialed once each.
+    let lanes = u64::from(clustermesh_tunnel::config::defaults::connections_per_peer());
     assert_eq!(
         mesh.a
             .metrics
@@ -340,7 +341,7 @@ async fn ten_thousand_small_streams() {
                 result: clustermesh_tunnel::metrics::DialResult::Connected
             })
             .get(),
-        1
+        lanes
     );
 }
 
@@ -392,6 +393,8 @@ async fn a_disconnected_cluster_is_refused_in_the_handshake_and_on_open_connecti
 
     // `east` is connected: its stream works. Then it is disconnected: the pooled connection
     // is still up, but the next stream on it is refused.
+    // Streams take the node's connections in turn: open every one before the disconnect.
+    assert_eq!(exchange(mesh.a.outbound, b"ping").await.unwrap(), b"ping");
     assert_eq!(exchange(mesh.a.outbound, b"ping").await.unwrap(), b"ping");
     mesh.b.disconnect_cluster("east");
     let reply = exchange(mesh.a.outbound, b"ping").await;
