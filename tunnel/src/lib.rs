@@ -2,7 +2,8 @@
 //!
 //! Connections from local pods to *mesh virtual IPs* (handed to the outbound listener by the
 //! eBPF `sk_lookup` program) are carried as HTTP/2 `CONNECT <backend-ip>:<port>` streams over
-//! one pooled TLS 1.3 connection per peer node, in the spirit of Istio's HBONE. The receiving
+//! a few pooled TLS 1.3 connections per peer node (`connections_per_peer`, default 2, taken in
+//! turn), in the spirit of Istio's HBONE. The receiving
 //! node authorizes each stream and dials the backend in its own cluster.
 //!
 //! # What the agent does
