@@ -392,3 +392,56 @@ fn the_tunnel_refuses_strangers_and_targets_that_are_not_shared_backends() {
         },
     );
 }
+
+#[test]
+fn a_peer_reads_the_other_clusters_etcd_with_read_only_credentials() {
+    let Some(mesh) = Mesh::up() else { return };
+    let state = mesh.lab.state().clone();
+    let east_etcd = mesh.lab.etcd_endpoint("east").unwrap();
+    // What west's apiserver mirrors east with: east's CA and a `remote` client certificate
+    // issued by east's CA, from west's peers directory.
+    let cert = clustermesh_lab::mesh::peer_client_cert(&state.state_dir, "west", "east");
+    let key = clustermesh_lab::mesh::peer_client_key(&state.state_dir, "west", "east");
+    let ca = ClusterPki::new(&state.state_dir, "east").ca();
+    let etcdctl = |args: &[&str]| {
+        let out = mesh
+            .lab
+            .node_command("west", "west-1", "etcdctl")
+            .unwrap()
+            .env("ETCDCTL_API", "3")
+            .args(["--dial-timeout=2s", "--command-timeout=4s"])
+            .arg(format!("--endpoints={east_etcd}"))
+            .arg(format!("--cacert={}", ca.display()))
+            .arg(format!("--cert={}", cert.display()))
+            .arg(format!("--key={}", key.display()))
+            .args(args)
+            .output()
+            .expect("running etcdctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    // The published state is readable: east's node records are there.
+    let (ok, out) = etcdctl(&["get", "--prefix", "--keys-only", "clustermesh/state/"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("clustermesh/state/nodes/v1/east/east-1"),
+        "{out}"
+    );
+    // Nothing else: not east's local-only state, not its own mirror of others, and no writes.
+    for prefix in ["clustermesh/local/", "clustermesh/cache/"] {
+        let (ok, out) = etcdctl(&["get", "--prefix", "--keys-only", prefix]);
+        assert!(
+            !ok && out.contains("permission denied"),
+            "{prefix} readable by a peer: {out}"
+        );
+    }
+    let (ok, out) = etcdctl(&["put", "clustermesh/state/services/v1/east/x/y", "{}"]);
+    assert!(
+        !ok && out.contains("permission denied"),
+        "a peer could write: {out}"
+    );
+}
