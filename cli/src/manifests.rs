@@ -144,7 +144,7 @@ impl MeshSettings {
         let ns = &self.namespace;
         LeafSpec {
             purpose: "apiserver".into(),
-            common_name: "clustermesh-apiserver".into(),
+            common_name: clustermesh_model::etcd_users::APISERVER_USER.into(),
             dns_names: vec![
                 APISERVER.to_string(),
                 format!("{APISERVER}.{ns}"),
@@ -172,7 +172,7 @@ impl MeshSettings {
     pub fn remote_spec(&self, peer: &str) -> LeafSpec {
         LeafSpec {
             purpose: format!("peer {peer}"),
-            common_name: "remote".into(),
+            common_name: clustermesh_model::etcd_users::REMOTE_USER.into(),
             dns_names: vec![],
             ip_addresses: vec![],
             uris: vec![self.spiffe(&format!("peer/{peer}"))],

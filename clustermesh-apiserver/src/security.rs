@@ -19,13 +19,9 @@ use clustermesh_store::Client;
 use etcd_client::{Permission, UserAddOptions};
 use tracing::info;
 
-pub const APISERVER_USER: &str = "clustermesh-apiserver";
-pub const REMOTE_USER: &str = "remote";
-pub const REMOTE_ROLE: &str = "clustermesh-remote";
+pub use clustermesh_model::etcd_users::{APISERVER_USER, REMOTE_USER, agent_user};
 
-pub fn agent_user(node: &str) -> String {
-    format!("agent-{node}")
-}
+pub const REMOTE_ROLE: &str = "clustermesh-remote";
 
 fn agent_role(node: &str) -> String {
     format!("clustermesh-agent-{node}")

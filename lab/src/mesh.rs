@@ -7,9 +7,9 @@
 //!
 //! `lab up` meshes clusters with it, and `clustermesh connect --context lab:<c>` writes the same
 //! peer files. As in production, every etcd client authenticates with a certificate whose CN
-//! is its etcd user (`clustermesh-apiserver/src/security.rs`): the apiserver
-//! [`APISERVER_USER`], each agent `agent-<node>`, peers [`REMOTE_USER`], and the lab's own
-//! tools (status, troubleshoot, tests) [`LAB_ADMIN_USER`], etcd's break-glass root user.
+//! is its etcd user (`clustermesh_model::etcd_users`; roles in the apiserver's `security.rs`):
+//! the apiserver [`APISERVER_USER`], each agent `agent-<node>`, peers [`REMOTE_USER`], and the
+//! lab's own tools (status, troubleshoot, tests) [`LAB_ADMIN_USER`], etcd's root user.
 //!
 //! ```text
 //! <state>/clusters/<cluster>/pki/ca.pem, ca-key.pem                 the cluster CA
@@ -31,18 +31,11 @@ use rcgen::{
 /// The SPIFFE trust domain of lab meshes (the agent's default).
 pub const TRUST_DOMAIN: &str = "clustermesh.local";
 
-/// The apiserver's etcd user (`security::APISERVER_USER`): etcd's root role.
-pub const APISERVER_USER: &str = "clustermesh-apiserver";
-/// The read-only user peers mirror a cluster with (`security::REMOTE_USER`).
-pub const REMOTE_USER: &str = "remote";
+pub use clustermesh_model::etcd_users::{APISERVER_USER, REMOTE_USER, agent_user};
+
 /// The user of the lab's own tools (status, troubleshoot, tests): etcd's root user, which the
 /// apiserver creates with the root role (the break-glass user of `security.rs`).
-pub const LAB_ADMIN_USER: &str = "root";
-
-/// The etcd user of a node's agent (`security::agent_user`).
-pub fn agent_user(node: &str) -> String {
-    format!("agent-{node}")
-}
+pub const LAB_ADMIN_USER: &str = clustermesh_model::etcd_users::ROOT_USER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod decode;
+pub mod etcd_users;
 pub mod keys;
 mod names;
 pub mod values;

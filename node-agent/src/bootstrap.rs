@@ -170,7 +170,7 @@ impl BootstrapSettings {
     }
 
     fn common_name(&self) -> String {
-        format!("agent-{}", self.node)
+        clustermesh_model::etcd_users::agent_user(&self.node)
     }
 }
 
