@@ -42,12 +42,13 @@ enum Command {
     /// the node agents.
     ///
     /// Creates the cluster's CA (or takes --ca-cert/--ca-key), certificates for the etcd
-    /// server, the apiserver and every node's agent (with SPIFFE URIs), and applies by
-    /// server-side apply: namespace, service accounts, RBAC, the clustermesh-config ConfigMap,
-    /// Secrets, the etcd Service (LoadBalancer or NodePort), the apiserver Deployment and the
-    /// agent DaemonSet (privileged, host network, bpffs and cgroup mounts). Running it again
-    /// changes nothing unless something changed: certificates are kept while they fit and are
-    /// far from expiry. Run it again after adding nodes (each gets its own agent certificate).
+    /// server and the apiserver (with SPIFFE URIs), and applies by server-side apply:
+    /// namespace, service accounts, RBAC, the clustermesh-config ConfigMap, Secrets, the etcd
+    /// Service (LoadBalancer or NodePort), the apiserver Deployment and the agent DaemonSet
+    /// (privileged, host network, bpffs and cgroup mounts). Each agent obtains its own node
+    /// certificate from the apiserver at start, so nodes added later need nothing (Kubernetes
+    /// 1.30 or later). Running it again changes nothing unless something changed:
+    /// certificates are kept while they fit and are far from expiry.
     ///
     /// For lab:<cluster>: the lab already runs etcd, the apiserver and the agents with its own
     /// CA; enable makes sure they run (starts them after `disable`) and reports their health.
