@@ -10,12 +10,12 @@
 //! cluster CA), and writes what it gets back. The agent then starts as usual, with
 //! `--etcd-cert`/`--tunnel-cert` pointing at those files.
 //!
-//! While the agent runs, [`renew`] waits until a third of the certificate's lifetime is left,
-//! gets a new one the same way, and writes it. The tunnel re-reads its files by itself; the
-//! etcd client holds the certificate it connected with (a reconnect would present the old one,
-//! which expires), so after a renewal `renew` returns and the agent restarts (`main.rs`): the
-//! new process finds a fresh certificate and keeps it. Pinned eBPF maps keep serving local
-//! backends across the restart.
+//! While the agent runs, [`keep_renewing`] waits until a third of the certificate's lifetime is
+//! left, gets a new one the same way, writes it, and waits for the next renewal point. Nothing
+//! restarts: the tunnel re-reads its files by itself, and the etcd client reads the files at
+//! every (re)connect (`clustermesh_store`'s TLS connector), so the renewed certificate is the
+//! one presented once the current connection ends. That connection stays valid after the old
+//! certificate expires: etcd checks a client certificate at the handshake only.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -422,26 +422,31 @@ pub async fn ensure_certificate(settings: &BootstrapSettings) -> Result<Validity
     obtain_with_retries(settings, Some(START_DEADLINE)).await
 }
 
-/// Waits until a third of `current`'s lifetime is left, then obtains and writes a new
-/// certificate (retrying until it succeeds), and returns its validity: the caller restarts the
-/// agent so that its etcd client presents the new certificate.
-pub async fn renew(settings: &BootstrapSettings, current: Validity) -> Validity {
-    let wait = current
-        .renew_at()
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    info!(in_ = %humantime::format_duration(Duration::from_secs(wait.as_secs())), "agent certificate renewal scheduled");
-    tokio::time::sleep(wait).await;
+/// Renews the certificate whenever a third of its lifetime is left, for as long as the agent
+/// runs: waits, obtains and writes a new one (retrying until that succeeds), repeats.
+pub async fn keep_renewing(settings: BootstrapSettings, mut current: Validity) {
     loop {
-        match obtain_with_retries(settings, None).await {
-            Ok(validity) => return validity,
-            Err(e) => {
-                // A permanent refusal now (e.g. a changed ServiceAccount) may be fixed by an
-                // operator; keep trying slowly while the current certificate lasts.
-                warn!(error = %e, "cannot renew the agent certificate; retrying in a minute");
-                tokio::time::sleep(Duration::from_secs(60)).await;
+        let wait = current
+            .renew_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        info!(in_ = %humantime::format_duration(Duration::from_secs(wait.as_secs())), "agent certificate renewal scheduled");
+        tokio::time::sleep(wait).await;
+        current = loop {
+            match obtain_with_retries(&settings, None).await {
+                Ok(validity) => break validity,
+                Err(e) => {
+                    // A permanent refusal now (e.g. a changed ServiceAccount) may be fixed by
+                    // an operator; keep trying slowly while the current certificate lasts.
+                    warn!(error = %e, "cannot renew the agent certificate; retrying in a minute");
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
             }
-        }
+        };
+        info!(
+            valid_until = %humantime::format_rfc3339_seconds(current.not_after),
+            "agent certificate renewed; the tunnel and the next etcd connection use it"
+        );
     }
 }
 
@@ -461,16 +466,6 @@ pub async fn start(
     };
     let validity = ensure_certificate(&settings).await?;
     Ok(Some((settings, validity)))
-}
-
-/// Resolves once the certificate from [`start`] was renewed (never without bootstrap).
-pub async fn renewed(bootstrap: Option<(BootstrapSettings, Validity)>) {
-    match bootstrap {
-        Some((settings, validity)) => {
-            renew(&settings, validity).await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Renewal writes new files that the tunnel and the etcd client pick up by themselves.
+    let renewal = bootstrap
+        .map(|(settings, validity)| tokio::spawn(bootstrap::keep_renewing(settings, validity)));
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -56,11 +59,9 @@ async fn main() -> ExitCode {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-        _ = bootstrap::renewed(bootstrap) => {
-            // The etcd client presents the certificate it connected with; a fresh process
-            // presents the renewed one (and keeps it).
-            tracing::info!("agent certificate renewed: restarting to use it for etcd");
-        }
+    }
+    if let Some(renewal) = renewal {
+        renewal.abort();
     }
     tracing::info!("stopping; the datapath stays pinned and keeps serving");
     running.stop().await;

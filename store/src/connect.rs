@@ -1,12 +1,15 @@
 //! Connecting to etcd: plain for local tests, mTLS for everything else, with errors that say
-//! which file or which endpoint is the problem.
+//! which file or which endpoint is the problem. With mTLS the certificate files are read again
+//! at every reconnect (`tls_channel`), so renewing them needs no restart.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{Client, ConnectOptions};
 use serde::{Deserialize, Serialize};
 use x509_parser::pem::Pem;
+
+use crate::tls_channel;
 
 /// Where an etcd is and how to prove who we are to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +88,16 @@ pub enum ConnectError {
         reason: String,
     },
     #[error(
+        "the client key at {path} cannot be used with the certificate at {cert}: {reason} (if both were just renewed, the next reconnect reads them again)"
+    )]
+    BadKey {
+        path: PathBuf,
+        cert: PathBuf,
+        reason: String,
+    },
+    #[error("etcd endpoint {endpoint:?}: {reason}")]
+    BadEndpoint { endpoint: String, reason: String },
+    #[error(
         "the client certificate at {path} expired on {not_after}; issue a new one (clustermesh enable renews them)"
     )]
     ClientCertExpired { path: PathBuf, not_after: String },
@@ -131,25 +144,23 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, ConnectError> {
     if config.endpoints.is_empty() {
         return Err(ConnectError::NoEndpoints);
     }
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(config.connect_timeout)
-        // Detects a silently dead connection (a peer behind a dropped route) within ~15 s.
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-        .with_keep_alive_while_idle(true);
-    match &config.tls {
-        Some(tls) => options = options.with_tls(tls_options(tls)?),
+    let endpoints = config.endpoints.join(",");
+    let connected = match &config.tls {
+        Some(tls) => connect_mtls(config, tls).await?,
         None => {
             if let Some(endpoint) = config.endpoints.iter().find(|e| e.starts_with("https://")) {
                 return Err(ConnectError::TlsRequired {
                     endpoint: endpoint.clone(),
                 });
             }
+            let options = ConnectOptions::new()
+                .with_connect_timeout(config.connect_timeout)
+                .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+                .with_keep_alive_while_idle(true);
+            Client::connect(&config.endpoints, Some(options)).await
         }
-    }
-    let endpoints = config.endpoints.join(",");
-    let mut client = Client::connect(&config.endpoints, Some(options))
-        .await
-        .map_err(|e| classify(config, &endpoints, &e))?;
+    };
+    let mut client = connected.map_err(|e| classify(config, &endpoints, &e))?;
     match tokio::time::timeout(config.connect_timeout, client.status()).await {
         Ok(Ok(_)) => Ok(client),
         Ok(Err(e)) => Err(classify(config, &endpoints, &e)),
@@ -160,7 +171,43 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, ConnectError> {
     }
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
+/// HTTP/2 pings detect a silently dead connection (a peer behind a dropped route) within ~15 s.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client whose connections (the first and every reconnect) go through our TLS connector.
+/// The files are checked here once, so a missing or expired file fails now, by name.
+async fn connect_mtls(
+    config: &EtcdConfig,
+    tls: &TlsPaths,
+) -> Result<Result<Client, etcd_client::Error>, ConnectError> {
+    tls_channel::client_config(tls)?;
+    let targets = config
+        .endpoints
+        .iter()
+        .map(|endpoint| {
+            tls_channel::Target::parse(endpoint).map_err(|reason| ConnectError::BadEndpoint {
+                endpoint: endpoint.clone(),
+                reason,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let uri = targets[0].uri();
+    let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
+        .map_err(|e| ConnectError::BadEndpoint {
+            endpoint: uri,
+            reason: e.to_string(),
+        })?
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    let connector =
+        tls_channel::ReloadingTlsConnector::new(tls.clone(), targets, config.connect_timeout);
+    let channel = endpoint.connect_with_connector_lazy(connector);
+    Ok(Client::from_channel(etcd_client::Channel::Tonic(channel), None).await)
+}
+
+pub(crate) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
     std::fs::read(path).map_err(|source| ConnectError::ReadFile {
         what,
         path: path.to_owned(),
@@ -168,18 +215,11 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
     })
 }
 
-fn tls_options(tls: &TlsPaths) -> Result<TlsOptions, ConnectError> {
-    let ca = read("CA bundle", &tls.ca)?;
-    check_pem_certificate("CA bundle", &tls.ca, &ca)?;
-    let cert = read("client certificate", &tls.cert)?;
-    check_client_certificate(&tls.cert, &cert)?;
-    let key = read("client key", &tls.key)?;
-    Ok(TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key)))
-}
-
-fn check_pem_certificate(what: &'static str, path: &Path, pem: &[u8]) -> Result<(), ConnectError> {
+pub(crate) fn check_pem_certificate(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<(), ConnectError> {
     let bad = |reason: String| ConnectError::BadCertificate {
         what,
         path: path.to_owned(),
@@ -199,7 +239,7 @@ fn check_pem_certificate(what: &'static str, path: &Path, pem: &[u8]) -> Result<
 
 /// Catches the most common operator mistake, an expired client certificate, before etcd does:
 /// etcd would only answer with a generic handshake failure.
-fn check_client_certificate(path: &Path, pem: &[u8]) -> Result<(), ConnectError> {
+pub(crate) fn check_client_certificate(path: &Path, pem: &[u8]) -> Result<(), ConnectError> {
     check_pem_certificate("client certificate", path, pem)?;
     let Some(Ok(first)) = Pem::iter_from_buffer(pem).next() else {
         return Ok(());

@@ -1,6 +1,7 @@
 //! The etcd layer that the apiserver and the node agents share.
 //!
-//! - `connect`: mTLS (or plain, for local tests) with errors that name the broken piece.
+//! - `connect`: mTLS (or plain, for local tests) with errors that name the broken piece;
+//!   `tls_channel` reads the certificate files again at every reconnect.
 //! - `session`: a lease kept alive in the background and replaced if lost.
 //! - `sync_writer`: keeps a prefix equal to a desired set, batched and pipelined, and writes the
 //!   synced marker after the first full sync; deletes stale keys only after that.
@@ -15,6 +16,7 @@ pub mod peers;
 pub mod retry;
 pub mod session;
 pub mod sync_writer;
+mod tls_channel;
 pub mod watch_reader;
 
 pub use connect::{ConnectError, EtcdConfig, TlsPaths, connect};

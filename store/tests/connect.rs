@@ -129,3 +129,68 @@ async fn https_without_certificates_and_missing_files_are_config_errors() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_in_the_list_is_skipped() {
+    let etcd = EtcdServer::start_tls();
+    let tls = etcd.tls().unwrap();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut config = EtcdConfig::mtls(format!("https://{dead}"), paths(&tls.client));
+    config.endpoints.push(etcd.endpoint());
+    let mut client = connect(&config).await.expect("the live endpoint answers");
+    client.put("k", "v", None).await.unwrap();
+}
+
+/// The agent renews its certificate while it runs. After the old one expired, a reconnect
+/// (here: etcd restarted) must present the renewed files, with the same client, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_presented_at_the_next_reconnect() {
+    let mut etcd = EtcdServer::start_tls();
+    let lifetime = Duration::from_secs(3);
+    let (renewed_files, stale_files, fresh) = {
+        let ca = &etcd.tls().unwrap().ca;
+        (
+            ca.short_lived_client("renewed", "root", lifetime),
+            ca.short_lived_client("stale", "root", lifetime),
+            ca.client("fresh", "root"),
+        )
+    };
+    let expires = std::time::Instant::now() + lifetime;
+
+    let mut renewed = connect(&EtcdConfig::mtls(etcd.endpoint(), paths(&renewed_files)))
+        .await
+        .expect("connect with the first certificate");
+    let mut stale = connect(&EtcdConfig::mtls(etcd.endpoint(), paths(&stale_files)))
+        .await
+        .expect("connect with the first certificate");
+    renewed.put("k", "v", None).await.unwrap();
+
+    // Renew one client's files in place (as the agent does: new key, new certificate).
+    std::fs::rename(&fresh.key, &renewed_files.key).unwrap();
+    std::fs::rename(&fresh.cert, &renewed_files.cert).unwrap();
+
+    tokio::time::sleep_until((expires + Duration::from_secs(1)).into()).await;
+    etcd.restart();
+
+    let read_back = clustermesh_testkit::wait_for(Duration::from_secs(15), || {
+        let mut client = renewed.clone();
+        async move {
+            let response = client.get("k", None).await.ok()?;
+            response.kvs().first().map(|kv| kv.value().to_vec())
+        }
+    })
+    .await;
+    assert_eq!(
+        read_back.as_deref(),
+        Some(&b"v"[..]),
+        "the renewed client reconnects"
+    );
+
+    // The control: the same reconnect with the expired certificate still on disk fails, so the
+    // renewed client got through because of its new files.
+    let error = stale.get("k", None).await.expect_err("expired certificate");
+    assert!(error.to_string().contains("expired"), "{error}");
+}

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -72,6 +73,16 @@ impl TestCa {
         let mut params = client_params(user);
         params.not_before = date_time_ymd(2020, 1, 1);
         params.not_after = date_time_ymd(2021, 1, 1);
+        self.issue(leaf, params)
+    }
+
+    /// A client certificate valid from a minute ago until `lifetime` from now, for tests of
+    /// renewal: it expires while the test runs.
+    pub fn short_lived_client(&self, leaf: &str, user: &str, lifetime: Duration) -> TlsFiles {
+        let mut params = client_params(user);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + lifetime;
         self.issue(leaf, params)
     }
 
