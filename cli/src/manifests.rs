@@ -533,9 +533,15 @@ fn render_objects(settings: &MeshSettings, certs: &Certificates) -> Vec<Value> {
                                 "httpGet": {"host": "127.0.0.1", "path": "/readyz", "port": AGENT_STATUS_PORT},
                                 "periodSeconds": 5,
                             },
+                            // The status port opens only after the certificate bootstrap, which may
+                            // wait up to 5 minutes for the issuer: liveness starts after it.
+                            "startupProbe": {
+                                "httpGet": {"host": "127.0.0.1", "path": "/healthz", "port": AGENT_STATUS_PORT},
+                                "periodSeconds": 5, "failureThreshold": 72,
+                            },
                             "livenessProbe": {
                                 "httpGet": {"host": "127.0.0.1", "path": "/healthz", "port": AGENT_STATUS_PORT},
-                                "initialDelaySeconds": 15, "periodSeconds": 10, "failureThreshold": 6,
+                                "periodSeconds": 10, "failureThreshold": 6,
                             },
                             "securityContext": {"privileged": true},
                             "volumeMounts": [

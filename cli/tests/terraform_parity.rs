@@ -70,6 +70,7 @@ fn block<'a>(body: &'a Body, path: &[&'a str]) -> &'a Body {
 fn literal(expr: &Expression) -> Option<String> {
     match expr {
         Expression::String(s) => Some(s.clone()),
+        Expression::Number(n) => Some(n.to_string()),
         Expression::TemplateExpr(t) => match t.as_ref() {
             TemplateExpr::QuotedString(s) => Some(s.clone()),
             TemplateExpr::Heredoc(h) => Some(h.template.clone()),
@@ -145,6 +146,32 @@ fn the_module_and_the_cli_configure_the_same_containers() {
         json_names(&container_cli["volumeMounts"]),
         "agent mounts"
     );
+    // Same probes, same timing (a startup probe gates liveness while the certificate bootstrap
+    // waits for the issuer).
+    for (tf_name, cli_name) in [
+        ("readiness_probe", "readinessProbe"),
+        ("liveness_probe", "livenessProbe"),
+        ("startup_probe", "startupProbe"),
+    ] {
+        let probe_tf = block(container_tf, &[tf_name]);
+        let probe_cli = &container_cli[cli_name];
+        for (tf_key, cli_key) in [
+            ("period_seconds", "periodSeconds"),
+            ("failure_threshold", "failureThreshold"),
+            ("initial_delay_seconds", "initialDelaySeconds"),
+        ] {
+            assert_eq!(
+                attr(probe_tf, tf_key),
+                probe_cli.get(cli_key).map(|v| v.to_string()),
+                "agent {tf_name}.{tf_key}"
+            );
+        }
+        assert_eq!(
+            attr(block(probe_tf, &["http_get"]), "path"),
+            probe_cli["httpGet"]["path"].as_str().map(str::to_owned),
+            "agent {tf_name} path"
+        );
+    }
 
     // The apiserver: flags, volumes, mounts, ports.
     let apiserver_tf = block(

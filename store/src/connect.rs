@@ -264,48 +264,102 @@ pub(crate) fn check_client_certificate(path: &Path, pem: &[u8]) -> Result<(), Co
     Ok(())
 }
 
-/// Turns a transport error into the operator's problem, by looking at its whole cause chain
-/// (tonic wraps the rustls error a few levels deep).
+/// Turns a transport error into the operator's problem. With mTLS the TLS layer is ours, so a
+/// handshake's rustls error is found by type in the cause chain. Left to text: etcd's refusal
+/// of a client certificate, which under TLS 1.3 comes after our side of the handshake is done,
+/// so it arrives on the data path (an alert as text, or the connection closed, canceled, reset,
+/// or a broken pipe, depending on how far the first request got).
 fn classify(config: &EtcdConfig, endpoints: &str, err: &etcd_client::Error) -> ConnectError {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+
     let detail = error_chain(err);
     let endpoints = endpoints.to_owned();
-    let has = |needle: &str| detail.contains(needle);
-    let untrusted_server = has("UnknownIssuer") || has("BadSignature");
-    // With TLS 1.3 the client finishes its handshake before the server checks the client
-    // certificate, so a refusal shows up either as the server's alert or, if the request was
-    // already in flight, as a connection closed right after the handshake (seen as closed,
-    // canceled, reset, or a broken pipe if we were still writing the request).
-    let client_rejected = has("BadCertificate")
-        || has("CertificateRequired")
-        || has("UnknownCA")
-        || has("connection closed")
-        || has("Canceled")
-        || has("BrokenPipe")
-        || has("ConnectionReset");
-    match &config.tls {
-        Some(tls) if untrusted_server => {
-            return ConnectError::UntrustedServer {
-                ca: tls.ca.clone(),
-                endpoints,
-                detail,
-            };
+    if let Some(tls) = &config.tls {
+        match tls_cause(err) {
+            Some(rustls::Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature)) => {
+                return ConnectError::UntrustedServer {
+                    ca: tls.ca.clone(),
+                    endpoints,
+                    detail,
+                };
+            }
+            Some(rustls::Error::InvalidCertificate(
+                Cert::Expired
+                | Cert::ExpiredContext { .. }
+                | Cert::NotValidYet
+                | Cert::NotValidYetContext { .. },
+            )) => return ConnectError::ServerCertExpired { endpoints, detail },
+            Some(rustls::Error::AlertReceived(
+                Alert::BadCertificate
+                | Alert::CertificateRequired
+                | Alert::UnknownCA
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::AccessDenied,
+            )) => {
+                return ConnectError::ClientCertRejected {
+                    cert: tls.cert.clone(),
+                    endpoints,
+                    detail,
+                };
+            }
+            _ => {}
         }
-        Some(_) if has("Expired") || has("NotValidYet") => {
-            return ConnectError::ServerCertExpired { endpoints, detail };
-        }
-        Some(tls) if client_rejected => {
+        let has = |needle: &str| detail.contains(needle);
+        // An alert that arrives while reading application data reaches us as text.
+        let alert_as_text = has("received fatal alert: BadCertificate")
+            || has("received fatal alert: CertificateRequired")
+            || has("received fatal alert: UnknownCA");
+        let closed_after_handshake = alert_as_text
+            || has("connection closed")
+            || has("Canceled")
+            || has("BrokenPipe")
+            || has("ConnectionReset");
+        if closed_after_handshake && io_cause(err, std::io::ErrorKind::ConnectionRefused).is_none()
+        {
             return ConnectError::ClientCertRejected {
                 cert: tls.cert.clone(),
                 endpoints,
                 detail,
             };
         }
-        _ => {}
     }
-    if has("Connection refused") || has("tcp connect error") || has("dns error") {
+    if io_cause(err, std::io::ErrorKind::ConnectionRefused).is_some()
+        || io_cause(err, std::io::ErrorKind::HostUnreachable).is_some()
+        || io_cause(err, std::io::ErrorKind::NetworkUnreachable).is_some()
+        || detail.contains("dns error")
+    {
         return ConnectError::Unreachable { endpoints, detail };
     }
     ConnectError::Other { endpoints, detail }
+}
+
+/// The errors in `err`'s cause chain, including those wrapped inside `io::Error`s (whose
+/// `source()` skips the wrapped error itself). etcd-client's error has no `source()`: the
+/// chain starts at the tonic error it holds.
+fn causes(err: &etcd_client::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    let first: &(dyn std::error::Error + 'static) = match err {
+        etcd_client::Error::GRpcStatus(status) => status,
+        etcd_client::Error::TransportError(transport) => transport,
+        other => other,
+    };
+    std::iter::successors(Some(first), |e| e.source()).flat_map(|e| {
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        std::iter::once(e).chain(wrapped)
+    })
+}
+
+fn tls_cause(err: &etcd_client::Error) -> Option<&rustls::Error> {
+    causes(err).find_map(|e| e.downcast_ref::<rustls::Error>())
+}
+
+fn io_cause(err: &etcd_client::Error, kind: std::io::ErrorKind) -> Option<&std::io::Error> {
+    causes(err)
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .find(|io| io.kind() == kind)
 }
 
 /// The error and its causes in one line. etcd-client's message already carries tonic's debug

@@ -157,15 +157,25 @@ resource "kubernetes_daemon_set_v1" "agent" {
             }
             period_seconds = 5
           }
+          # The status port opens only after the certificate bootstrap, which may wait up to
+          # 5 minutes for the issuer: liveness starts after it.
+          startup_probe {
+            http_get {
+              host = "127.0.0.1"
+              path = "/healthz"
+              port = local.agent_status_port
+            }
+            period_seconds    = 5
+            failure_threshold = 72
+          }
           liveness_probe {
             http_get {
               host = "127.0.0.1"
               path = "/healthz"
               port = local.agent_status_port
             }
-            initial_delay_seconds = 15
-            period_seconds        = 10
-            failure_threshold     = 6
+            period_seconds    = 10
+            failure_threshold = 6
           }
 
           security_context {
