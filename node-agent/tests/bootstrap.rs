@@ -1,6 +1,7 @@
 //! The agent's certificate bootstrap against a running apiserver issuer (real TLS, token
 //! reviews by the in-repo fake Kubernetes API server, a test double): a node without a
-//! certificate gets its own, keeps it while it fits, and replaces one made for another node.
+//! certificate gets its own, keeps it while it fits, renews it when due (and goes on
+//! renewing), and replaces one made for another node.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -144,6 +145,34 @@ async fn an_agent_without_a_certificate_gets_its_own_and_keeps_it_while_it_fits(
     assert_eq!(fake.token_reviews(), 1);
     assert_eq!(std::fs::read_to_string(settings.cert_path()).unwrap(), cert);
 
+    // Renewal: when a third of the lifetime is left, a new certificate is written and the
+    // renewal goes on (the agent does not restart; it waits for the next renewal point).
+    let now = std::time::SystemTime::now();
+    let due = bootstrap::Validity {
+        not_before: now - std::time::Duration::from_secs(7200),
+        not_after: now + std::time::Duration::from_secs(60),
+    };
+    let renewal = tokio::spawn(bootstrap::keep_renewing(settings.clone(), due));
+    let renewed = clustermesh_testkit::wait_for(std::time::Duration::from_secs(10), || {
+        let settings = settings.clone();
+        let cert = cert.clone();
+        async move {
+            let written = std::fs::read_to_string(settings.cert_path()).ok()?;
+            (written != cert && bootstrap::current_certificate(&settings).is_some()).then_some(())
+        }
+    })
+    .await;
+    assert!(renewed.is_some(), "the renewed certificate is written");
+    assert_eq!(fake.token_reviews(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !renewal.is_finished(),
+        "renewal keeps running, scheduled for the new certificate"
+    );
+    assert_eq!(fake.token_reviews(), 2, "one renewal, not a loop");
+    renewal.abort();
+    let cert = std::fs::read_to_string(settings.cert_path()).unwrap();
+
     // A certificate for another node (a reused directory) is replaced.
     let other = BootstrapSettings {
         node: "node-2".into(),
@@ -151,7 +180,7 @@ async fn an_agent_without_a_certificate_gets_its_own_and_keeps_it_while_it_fits(
     };
     std::fs::write(&token, "node-2-token").unwrap();
     bootstrap::ensure_certificate(&other).await.unwrap();
-    assert_eq!(fake.token_reviews(), 2);
+    assert_eq!(fake.token_reviews(), 3);
     assert!(bootstrap::current_certificate(&other).is_some());
     assert!(bootstrap::current_certificate(&settings).is_none());
 
