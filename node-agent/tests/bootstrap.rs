@@ -181,6 +181,11 @@ async fn an_agent_without_a_certificate_gets_its_own_and_keeps_it_while_it_fits(
     std::fs::write(&token, "node-2-token").unwrap();
     bootstrap::ensure_certificate(&other).await.unwrap();
     assert_eq!(fake.token_reviews(), 3);
+    assert_ne!(
+        std::fs::read_to_string(other.cert_path()).unwrap(),
+        cert,
+        "node-1's certificate is replaced"
+    );
     assert!(bootstrap::current_certificate(&other).is_some());
     assert!(bootstrap::current_certificate(&settings).is_none());
 
