@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use clustermesh_model::{ClusterId, ClusterName, ExpectedCluster, KeySchema, MaxConnectedClusters};
-use clustermesh_store::{EtcdConfig, TlsPaths};
+use clustermesh_store::{EtcdArgs, EtcdConfig};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -40,23 +40,8 @@ pub struct Args {
     )]
     pub max_connected_clusters: u32,
 
-    /// This cluster's etcd client URLs, comma separated.
-    #[arg(
-        long,
-        env = "CLUSTERMESH_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// CA bundle that signs the etcd server certificate.
-    #[arg(long, env = "CLUSTERMESH_ETCD_CA", requires_all = ["etcd_cert", "etcd_key"])]
-    pub etcd_ca: Option<PathBuf>,
-    /// Client certificate for etcd (its CN is the etcd user).
-    #[arg(long, env = "CLUSTERMESH_ETCD_CERT", requires_all = ["etcd_ca", "etcd_key"])]
-    pub etcd_cert: Option<PathBuf>,
-    /// Key of the client certificate.
-    #[arg(long, env = "CLUSTERMESH_ETCD_KEY", requires_all = ["etcd_ca", "etcd_cert"])]
-    pub etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// With mTLS to etcd: create the users and roles of `security.rs` and enable etcd
     /// authentication (peers read-only, agents write only their own record).
     #[arg(long, env = "CLUSTERMESH_ETCD_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
@@ -273,10 +258,6 @@ impl Config {
         if args.lease_ttl < Duration::from_secs(2) {
             return Err(ConfigError::LeaseTtl(args.lease_ttl));
         }
-        let tls = match (args.etcd_ca, args.etcd_cert, args.etcd_key) {
-            (Some(ca), Some(cert), Some(key)) => Some(TlsPaths { ca, cert, key }),
-            _ => None,
-        };
         let ranges = &args.clusterset_vip_range;
         let v4 = ranges
             .iter()
@@ -303,11 +284,7 @@ impl Config {
             cluster_id: id.get(),
             max_connected_clusters: args.max_connected_clusters,
             cluster: ExpectedCluster { name, id, mesh },
-            etcd: EtcdConfig {
-                endpoints: args.etcd_endpoints,
-                tls,
-                connect_timeout: Duration::from_secs(5),
-            },
+            etcd: args.etcd.into_config(),
             etcd_auth: args.etcd_auth,
             schema,
             kvstore_prefix: args.kvstore_prefix,

@@ -11,7 +11,7 @@ use clustermesh_ebpf::DatapathConfig;
 use clustermesh_model::{
     ClusterId, ClusterName, ExpectedCluster, KeySchema, MaxConnectedClusters, is_dns_subdomain,
 };
-use clustermesh_store::{EtcdConfig, TlsPaths};
+use clustermesh_store::{EtcdArgs, EtcdConfig};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -40,23 +40,8 @@ pub struct Args {
         default_value_t = 255
     )]
     pub max_connected_clusters: u32,
-    /// The local cluster's etcd client URLs, comma separated.
-    #[arg(
-        long,
-        env = "CLUSTERMESH_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// CA bundle that signs the etcd server certificate.
-    #[arg(long, env = "CLUSTERMESH_ETCD_CA", requires_all = ["etcd_cert", "etcd_key"])]
-    pub etcd_ca: Option<PathBuf>,
-    /// Client certificate for etcd (the node's agent user).
-    #[arg(long, env = "CLUSTERMESH_ETCD_CERT", requires_all = ["etcd_ca", "etcd_key"])]
-    pub etcd_cert: Option<PathBuf>,
-    /// Key of the client certificate.
-    #[arg(long, env = "CLUSTERMESH_ETCD_KEY", requires_all = ["etcd_ca", "etcd_cert"])]
-    pub etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Root prefix of every key in etcd.
     #[arg(long, env = "CLUSTERMESH_KVSTORE_PREFIX", default_value = clustermesh_model::keys::DEFAULT_ROOT)]
     pub kvstore_prefix: String,
@@ -353,14 +338,7 @@ impl Config {
             }),
             _ => return Err(ConfigError::TunnelCredentialsMissing),
         };
-        let etcd = EtcdConfig {
-            endpoints: args.etcd_endpoints,
-            tls: match (args.etcd_ca, args.etcd_cert, args.etcd_key) {
-                (Some(ca), Some(cert), Some(key)) => Some(TlsPaths { ca, cert, key }),
-                _ => None,
-            },
-            connect_timeout: Duration::from_secs(5),
-        };
+        let etcd = args.etcd.into_config();
         Ok(Self {
             cluster: ExpectedCluster { name, id, mesh },
             cluster_name: args.cluster_name,

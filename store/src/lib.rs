@@ -11,6 +11,7 @@
 //! - `peers`: the peers directory (one file per connected remote cluster).
 
 pub mod connect;
+pub mod flags;
 pub mod heartbeat;
 pub mod peers;
 pub mod retry;
@@ -21,6 +22,7 @@ pub mod watch_reader;
 
 pub use connect::{ConnectError, EtcdConfig, TlsPaths, connect};
 pub use etcd_client::Client;
+pub use flags::EtcdArgs;
 pub use heartbeat::{Heartbeat, HeartbeatWriter, read_heartbeat, unix_millis_now};
 pub use peers::{PeerConfig, PeerConfigError, read_peers};
 pub use session::{LeaseId, Session, SessionError};

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use clustermesh_model::{
-    Endpoint, ExpectedCluster, Identity, KeySchema, Kind, Limits, Marker, ObjectName, StateValue,
-    decode_state, is_dns_label, is_dns_subdomain,
+    Endpoint, ExpectedCluster, GlobalService, Identity, KeySchema, Kind, Limits, Marker,
+    ObjectName, StateValue, decode_state, is_dns_label, is_dns_subdomain,
 };
 use clustermesh_store::{
     Client, Session, SyncWriter, SyncWriterConfig, WriterError, unix_millis_now,
@@ -56,10 +56,10 @@ pub struct Publisher {
     agents_marker: SyncWriter,
     allocator: IdentityAllocator,
     synced: bool,
-    /// Per service key: its content without the stamp, and when that content was first
-    /// published. A service is re-stamped only when its content changes, so an unchanged
-    /// service is never rewritten (and a restart adopts the stamps already in etcd).
-    service_stamps: HashMap<String, (Vec<u8>, u64)>,
+    /// Per service key: the service as published but without its stamp, and when that content
+    /// was first published. A service is re-stamped only when its content changes, so an
+    /// unchanged service is never rewritten (and a restart adopts the stamps already in etcd).
+    service_stamps: HashMap<String, (GlobalService, u64)>,
 }
 
 impl Publisher {
@@ -146,14 +146,16 @@ impl Publisher {
                 counts.local_services += 1;
                 schema.local(&cluster.name, &object)
             };
-            let content = svc.to_json();
+            // Compared as values, so each service is serialized once per pass.
+            svc.modified_unix_millis = None;
             let stamp = match self.service_stamps.get(&key) {
-                Some((known, stamp)) if *known == content => *stamp,
+                Some((known, stamp)) if *known == svc => *stamp,
                 _ => now,
             };
             svc.modified_unix_millis = Some(stamp);
             services.insert(key.clone(), svc.to_json());
-            stamps.insert(key, (content, stamp));
+            svc.modified_unix_millis = None;
+            stamps.insert(key, (svc, stamp));
         }
         self.service_stamps = stamps;
 
@@ -266,7 +268,7 @@ async fn load_service_stamps(
     schema: &KeySchema,
     cluster: &ExpectedCluster,
     prefixes: [String; 2],
-) -> HashMap<String, (Vec<u8>, u64)> {
+) -> HashMap<String, (GlobalService, u64)> {
     let mut stamps = HashMap::new();
     for prefix in prefixes {
         let kvs = match clustermesh_store::list(&mut client, &prefix).await {
@@ -286,7 +288,7 @@ async fn load_service_stamps(
             let Some(stamp) = svc.modified_unix_millis.take() else {
                 continue;
             };
-            stamps.insert(key, (svc.to_json(), stamp));
+            stamps.insert(key, (svc, stamp));
         }
     }
     stamps
