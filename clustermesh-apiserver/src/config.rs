@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use clustermesh_model::{ClusterId, ClusterName, ExpectedCluster, KeySchema, MaxConnectedClusters};
-use clustermesh_store::{EtcdArgs, EtcdConfig};
+use clustermesh_model::{ClusterName, ExpectedCluster, KeySchema};
+use clustermesh_store::{ClusterArgs, ClusterArgsError, EtcdArgs, EtcdConfig};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -26,29 +26,14 @@ pub enum SourceKind {
     long_about = None
 )]
 pub struct Args {
-    /// This cluster's name (lower-case letters, digits, '-'; at most 32 characters).
-    #[arg(long, env = "CLUSTERMESH_CLUSTER_NAME")]
-    pub cluster_name: String,
-    /// This cluster's ID, unique in the mesh: 1..=255 (or 1..=511 with --max-connected-clusters 511).
-    #[arg(long, env = "CLUSTERMESH_CLUSTER_ID")]
-    pub cluster_id: u32,
-    /// How many clusters the mesh may hold: 255 or 511 (511 halves each cluster's identities).
-    #[arg(
-        long,
-        env = "CLUSTERMESH_MAX_CONNECTED_CLUSTERS",
-        default_value_t = 255
-    )]
-    pub max_connected_clusters: u32,
-
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     #[command(flatten)]
     pub etcd: EtcdArgs,
     /// With mTLS to etcd: create the users and roles of `security.rs` and enable etcd
     /// authentication (peers read-only, agents write only their own record).
     #[arg(long, env = "CLUSTERMESH_ETCD_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
     pub etcd_auth: bool,
-    /// Root prefix of every key in etcd.
-    #[arg(long, env = "CLUSTERMESH_KVSTORE_PREFIX", default_value = clustermesh_model::keys::DEFAULT_ROOT)]
-    pub kvstore_prefix: String,
 
     /// Where this cluster's Kubernetes objects come from.
     #[arg(long, env = "CLUSTERMESH_SOURCE", value_enum, default_value_t = SourceKind::Kubernetes)]
@@ -163,14 +148,8 @@ pub struct Args {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--cluster-name: {0}")]
-    ClusterName(clustermesh_model::ClusterError),
-    #[error("--max-connected-clusters: {0}")]
-    MaxConnected(clustermesh_model::ClusterError),
-    #[error("--cluster-id: {0}")]
-    ClusterId(clustermesh_model::ClusterError),
-    #[error("--kvstore-prefix: {0}")]
-    Prefix(clustermesh_model::KeyError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterArgsError),
     #[error("--lease-ttl must be at least 2s (etcd's shortest lease), not {0:?}")]
     LeaseTtl(Duration),
     #[error("--cluster-ca {path}: {reason}")]
@@ -249,12 +228,8 @@ mod humantime_serde_opt {
 
 impl Config {
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let mesh = MaxConnectedClusters::try_from(args.max_connected_clusters)
-            .map_err(ConfigError::MaxConnected)?;
-        let name = ClusterName::new(args.cluster_name.clone()).map_err(ConfigError::ClusterName)?;
-        let agent_certs = agent_certs(&args, &name)?;
-        let id = ClusterId::new(args.cluster_id, mesh).map_err(ConfigError::ClusterId)?;
-        let schema = KeySchema::new(&args.kvstore_prefix).map_err(ConfigError::Prefix)?;
+        let (cluster, schema) = args.cluster.resolve()?;
+        let agent_certs = agent_certs(&args, &cluster.name)?;
         if args.lease_ttl < Duration::from_secs(2) {
             return Err(ConfigError::LeaseTtl(args.lease_ttl));
         }
@@ -280,14 +255,14 @@ impl Config {
             })
             .transpose()?;
         Ok(Config {
-            cluster_name: name.to_string(),
-            cluster_id: id.get(),
-            max_connected_clusters: args.max_connected_clusters,
-            cluster: ExpectedCluster { name, id, mesh },
+            cluster_name: cluster.name.to_string(),
+            cluster_id: cluster.id.get(),
+            max_connected_clusters: args.cluster.max_connected_clusters,
+            cluster,
             etcd: args.etcd.into_config(),
             etcd_auth: args.etcd_auth,
             schema,
-            kvstore_prefix: args.kvstore_prefix,
+            kvstore_prefix: args.cluster.kvstore_prefix,
             source: args.source,
             manifests_dir: args.manifests_dir,
             kubeconfig: args.kubeconfig,

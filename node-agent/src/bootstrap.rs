@@ -458,7 +458,7 @@ pub async fn start(
     let Some(settings) = BootstrapSettings::from_args(
         &args.bootstrap,
         &args.trust_domain,
-        &args.cluster_name,
+        &args.cluster.cluster_name,
         &args.node_name,
     )?
     else {

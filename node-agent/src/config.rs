@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use clustermesh_ebpf::DatapathConfig;
-use clustermesh_model::{
-    ClusterId, ClusterName, ExpectedCluster, KeySchema, MaxConnectedClusters, is_dns_subdomain,
-};
-use clustermesh_store::{EtcdArgs, EtcdConfig};
+use clustermesh_model::{ExpectedCluster, KeySchema, is_dns_subdomain};
+use clustermesh_store::{ClusterArgs, ClusterArgsError, EtcdArgs, EtcdConfig};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -27,24 +25,10 @@ pub const DEFAULT_OUTBOUND_PORT: u16 = 4245;
     about = "Watches the local etcd, merges global services across clusters and programs the eBPF socket load balancer"
 )]
 pub struct Args {
-    /// This cluster's name.
-    #[arg(long, env = "CLUSTERMESH_CLUSTER_NAME")]
-    pub cluster_name: String,
-    /// This cluster's ID (1..=255, or 1..=511 with --max-connected-clusters 511).
-    #[arg(long, env = "CLUSTERMESH_CLUSTER_ID")]
-    pub cluster_id: u32,
-    /// How many clusters the mesh may hold: 255 or 511.
-    #[arg(
-        long,
-        env = "CLUSTERMESH_MAX_CONNECTED_CLUSTERS",
-        default_value_t = 255
-    )]
-    pub max_connected_clusters: u32,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     #[command(flatten)]
     pub etcd: EtcdArgs,
-    /// Root prefix of every key in etcd.
-    #[arg(long, env = "CLUSTERMESH_KVSTORE_PREFIX", default_value = clustermesh_model::keys::DEFAULT_ROOT)]
-    pub kvstore_prefix: String,
 
     /// This node's Kubernetes name.
     #[arg(long, env = "CLUSTERMESH_NODE_NAME")]
@@ -174,14 +158,8 @@ pub struct Args {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--cluster-name: {0}")]
-    ClusterName(clustermesh_model::ClusterError),
-    #[error("--max-connected-clusters: {0}")]
-    MaxConnected(clustermesh_model::ClusterError),
-    #[error("--cluster-id: {0}")]
-    ClusterId(clustermesh_model::ClusterError),
-    #[error("--kvstore-prefix: {0}")]
-    Prefix(clustermesh_model::KeyError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterArgsError),
     #[error("--node-name {0:?} is not a Kubernetes node name (a DNS subdomain)")]
     NodeName(String),
     #[error("--lease-ttl must be at least 2s (etcd's shortest lease), not {0:?}")]
@@ -269,18 +247,14 @@ pub const NO_CERT_FINGERPRINT: &str =
 
 impl Config {
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
-        let mesh = MaxConnectedClusters::try_from(args.max_connected_clusters)
-            .map_err(ConfigError::MaxConnected)?;
-        let name = ClusterName::new(&args.cluster_name).map_err(ConfigError::ClusterName)?;
-        let id = ClusterId::new(args.cluster_id, mesh).map_err(ConfigError::ClusterId)?;
-        let schema = KeySchema::new(&args.kvstore_prefix).map_err(ConfigError::Prefix)?;
+        let (cluster, schema) = args.cluster.resolve()?;
         if !is_dns_subdomain(&args.node_name) {
             return Err(ConfigError::NodeName(args.node_name));
         }
         let bootstrap = crate::bootstrap::BootstrapSettings::from_args(
             &args.bootstrap,
             &args.trust_domain,
-            &args.cluster_name,
+            &args.cluster.cluster_name,
             &args.node_name,
         )?;
         if args.lease_ttl < Duration::from_secs(2) {
@@ -340,11 +314,11 @@ impl Config {
         };
         let etcd = args.etcd.into_config();
         Ok(Self {
-            cluster: ExpectedCluster { name, id, mesh },
-            cluster_name: args.cluster_name,
-            cluster_id: id.get(),
+            cluster_name: args.cluster.cluster_name,
+            cluster_id: cluster.id.get(),
+            cluster,
             schema,
-            kvstore_prefix: args.kvstore_prefix,
+            kvstore_prefix: args.cluster.kvstore_prefix,
             etcd,
             node_name: args.node_name,
             node_ip: args.node_ip,

@@ -22,7 +22,7 @@ pub mod watch_reader;
 
 pub use connect::{ConnectError, EtcdConfig, TlsPaths, connect};
 pub use etcd_client::Client;
-pub use flags::EtcdArgs;
+pub use flags::{ClusterArgs, ClusterArgsError, EtcdArgs};
 pub use heartbeat::{Heartbeat, HeartbeatWriter, read_heartbeat, unix_millis_now};
 pub use peers::{PeerConfig, PeerConfigError, read_peers};
 pub use session::{LeaseId, Session, SessionError};
