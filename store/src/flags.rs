@@ -161,16 +161,16 @@ mod tests {
 
     #[test]
     fn a_cluster_id_beyond_the_mesh_size_is_refused_by_name() {
-        let with_id = |id: &str, max: &str| {
+        let with_id = |id: u32, max: u32| {
             let mut flags = parse(&["--etcd-endpoints=http://127.0.0.1:2379"]).unwrap();
-            flags.cluster.cluster_id = id.parse().unwrap();
-            flags.cluster.max_connected_clusters = max.parse().unwrap();
+            flags.cluster.cluster_id = id;
+            flags.cluster.max_connected_clusters = max;
             flags.cluster.resolve().map(|(cluster, _)| cluster.id.get())
         };
-        let err = with_id("300", "255").unwrap_err().to_string();
+        let err = with_id(300, 255).unwrap_err().to_string();
         assert!(err.starts_with("--cluster-id: "), "{err}");
-        assert_eq!(with_id("300", "511").unwrap(), 300);
-        let err = with_id("1", "300").unwrap_err().to_string();
+        assert_eq!(with_id(300, 511).unwrap(), 300);
+        let err = with_id(1, 300).unwrap_err().to_string();
         assert!(err.starts_with("--max-connected-clusters: "), "{err}");
     }
 
